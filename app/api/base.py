@@ -1,0 +1,243 @@
+"""What every handler shares: bounded bodies, JSON in and out, JSON errors.
+
+Bodies are streamed in (``stream_request_body``) so that an oversized request is
+refused with 413 from its headers, before a byte of it is buffered. Every error,
+expected or not, leaves as ``{"error": "..."}`` with the right status; a
+traceback goes to ``logs/error.log`` and never to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from tornado import httputil, web
+
+from app.logs import app_log
+from app.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from app.services import Services
+
+MANAGEMENT_BODY_LIMIT = 1024 * 1024
+MAX_JSON_DEPTH = 64
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class ApiError(Exception):
+    """An expected failure with its status, message and optional extra JSON fields."""
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed JSON value, stopping once past ``limit``."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+@web.stream_request_body
+class BaseHandler(web.RequestHandler):
+    """JSON API handler with a bounded, streamed-in body."""
+
+    services: Services
+
+    def initialize(self, services: Services) -> None:
+        self.services = services
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._too_large = False
+
+    # -- body -------------------------------------------------------------------------------------
+
+    def body_limit(self) -> int:
+        return MANAGEMENT_BODY_LIMIT
+
+    def prepare(self) -> Any:
+        limit = self.body_limit()
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise ApiError(400, "invalid Content-Length") from None
+            if declared > limit:
+                raise ApiError(413, f"request body is larger than the limit of {limit} bytes")
+        # Let Tornado accept up to our limit (its own default is lower for some paths).
+        self.request.connection.set_max_body_size(limit + 1)  # type: ignore[union-attr]
+        return None
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self.body_limit():
+            self._too_large = True
+            self._chunks.clear()
+            return
+        self._chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        if self._too_large:
+            raise ApiError(413, f"request body is larger than the limit of {self.body_limit()} bytes")
+        if len(self._chunks) != 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0]
+
+    def json_body(self, *, required: bool = True) -> dict[str, Any]:
+        """The body as a JSON object; 400 with a clear message for anything else."""
+        raw = self.body
+        if not raw.strip():
+            if required:
+                raise ApiError(400, "request body is empty; send a JSON object")
+            return {}
+        try:
+            value = json.loads(raw)
+        except UnicodeDecodeError:
+            raise ApiError(400, "request body is not UTF-8") from None
+        except RecursionError:
+            raise ApiError(400, "request body is nested too deeply") from None
+        except ValueError as exc:
+            raise ApiError(400, f"invalid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+            raise ApiError(400, "request body is nested too deeply")
+        return value
+
+    # -- responses ----------------------------------------------------------------------------------
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+
+    def send_json(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+
+    def error_payload(self, status: int, message: str, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"error": message, **extra}
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        extra: dict[str, Any] = {}
+        if isinstance(exc, ApiError):
+            message = exc.message
+            extra = exc.extra
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
+        elif isinstance(exc, StoreUnavailable):
+            status_code = 503
+            self.set_status(503)
+            self.set_header("Retry-After", "5")
+            message = "the database is unavailable; try again shortly"
+        elif isinstance(exc, web.HTTPError):
+            message = exc.log_message % exc.args if exc.log_message and exc.args else (
+                exc.log_message or exc.reason or _reason(status_code))
+        else:
+            message = "internal server error"
+        if status_code == 405:
+            message = "405 method not allowed"
+        self.clear_header("Content-Disposition")
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(self.error_payload(status_code, message, extra)))
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, ApiError | StoreUnavailable):
+            if self._finished:
+                return
+            if self._headers_written:
+                self.finish()
+                return
+            status = e.status if isinstance(e, ApiError) else 503
+            self.send_error(status, exc_info=(type(e), e, e.__traceback__))
+            return
+        super()._handle_request_exception(e)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ApiError):
+            return
+        if isinstance(value, web.HTTPError) and value.status_code < 500:
+            return
+        if isinstance(value, StoreUnavailable):
+            app_log().warning("database unavailable during %s %s: %s", self.request.method, self.request.path, value)
+            return
+        app_log().error("unhandled error in %s %s", self.request.method, self.request.path,
+                        exc_info=(typ, value, tb))
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def request_id(self) -> str:
+        """The client's ``X-Request-Id`` when sane, else a fresh one; echoed in the response."""
+        rid = getattr(self, "_request_id", None)
+        if rid is None:
+            sent = self.request.headers.get("X-Request-Id", "")
+            rid = sent if _REQUEST_ID.match(sent) else uuid.uuid4().hex
+            self._request_id = rid
+            self.set_header("X-Request-Id", rid)
+        return rid
+
+    def client_ip(self) -> str:
+        return self.request.remote_ip or ""
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return httputil.responses.get(status, "error")
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown path: Ollama's text, but as JSON like every other error here."""
+
+    def prepare(self) -> None:
+        raise ApiError(404, "404 page not found")
+
+
+class ManagementHandler(BaseHandler):
+    """A route of the management API: a login is required, and a role.
+
+    Safe methods (GET/HEAD) need ``viewer``, every other method ``admin``;
+    subclasses change that through :meth:`required_role` (``None`` = public).
+    ``services.auth.authenticate(handler)`` resolves the caller (Bearer JWT,
+    API token or session cookie) to a principal with ``.role``, or ``None``; it
+    raises :class:`ApiError` (401) for a bad or expired credential.
+    """
+
+    principal: Any = None
+
+    def required_role(self) -> str | None:
+        return "viewer" if self.request.method in ("GET", "HEAD") else "admin"
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        super().prepare()
+        if self.request.method == "OPTIONS":
+            return
+        auth = getattr(self.services, "auth", None)
+        self.principal = await auth.authenticate(self) if auth is not None else None
+        role = self.required_role()
+        if role is None:
+            return
+        if self.principal is None:
+            raise ApiError(401, "authentication required", headers={"WWW-Authenticate": "Bearer"})
+        if role == "admin" and self.principal.role != "admin":
+            raise ApiError(403, "this needs the admin role")

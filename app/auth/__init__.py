@@ -1,0 +1,1 @@
+"""Identity: users' passwords, login tokens, API keys and the first-start admin."""

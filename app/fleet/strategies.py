@@ -1,0 +1,76 @@
+"""Routing strategies: pure functions from candidate nodes to the chosen one.
+
+Every strategy first narrows the field to nodes where the model is already
+loaded (a cold load costs seconds), unless those are so much busier than the
+rest that waiting for them would cost more than loading elsewhere. Ties are
+broken by a rotating counter, never "first node wins", so sequential traffic
+spreads over the fleet.
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Sequence
+
+from app.fleet.node import NodeState
+
+# How many more in-flight requests a node with the model loaded may carry
+# before a node that would have to load it is considered instead.
+LOADED_BONUS = 2
+# Seconds assumed for a node whose latency is unknown yet (optimistic, so new nodes get tried).
+UNKNOWN_LATENCY = 0.0
+
+
+def prefer_loaded(candidates: Sequence[NodeState], key: str) -> list[NodeState]:
+    """Nodes with ``key`` loaded, unless they are clearly busier than the others."""
+    loaded = [n for n in candidates if n.has_loaded(key)]
+    if not loaded or len(loaded) == len(candidates):
+        return list(candidates)
+    least_loaded = min(n.in_flight for n in loaded)
+    least_any = min(n.in_flight for n in candidates)
+    return loaded if least_loaded <= least_any + LOADED_BONUS else list(candidates)
+
+
+def _rotate(tied: Sequence[NodeState], turn: int) -> NodeState:
+    ordered = sorted(tied, key=lambda n: n.id)
+    return ordered[turn % len(ordered)]
+
+
+def least_active(candidates: Sequence[NodeState], key: str, turn: int, rng: _random.Random) -> NodeState:
+    fewest = min(n.in_flight for n in candidates)
+    return _rotate([n for n in candidates if n.in_flight == fewest], turn)
+
+
+def lowest_latency(candidates: Sequence[NodeState], key: str, turn: int, rng: _random.Random) -> NodeState:
+    """Expected wait = measured time to first byte × (1 + requests already in flight)."""
+
+    def cost(node: NodeState) -> float:
+        latency = node.latency_estimate(key)
+        base = UNKNOWN_LATENCY if latency is None else latency
+        return round(base * (1 + node.in_flight), 6) + node.in_flight * 1e-9
+
+    best = min(cost(n) for n in candidates)
+    return _rotate([n for n in candidates if cost(n) == best], turn)
+
+
+def round_robin(candidates: Sequence[NodeState], key: str, turn: int, rng: _random.Random) -> NodeState:
+    return _rotate(candidates, turn)
+
+
+def random(candidates: Sequence[NodeState], key: str, turn: int, rng: _random.Random) -> NodeState:
+    return rng.choice(list(candidates))
+
+
+STRATEGIES = {
+    "least_active": least_active,
+    "lowest_latency": lowest_latency,
+    "round_robin": round_robin,
+    "random": random,
+}
+
+
+def choose(strategy: str, candidates: Sequence[NodeState], key: str, turn: int,
+           rng: _random.Random) -> NodeState:
+    """Pick one of ``candidates`` (non-empty) for model ``key`` with ``strategy``."""
+    field = prefer_loaded(candidates, key)
+    return STRATEGIES[strategy](field, key, turn, rng)
