@@ -255,27 +255,39 @@ class Relay:
                 self.fleet.mark_failure(node, f"{req.path}: {sink.status} {message}")
             return RelayFailed(sink.status, message, retry_after=1 if busy else None, body=body,
                                content_type=sink.headers.get("Content-Type"))
-        self.fleet.mark_success(node)
-        if sink.ttfb is not None:
-            node.record_ttfb(sink.ttfb, req.key)
         if req.framing == BUFFER or sink.status >= 400:
             body = sink.body()
             if sink.status < 400:
                 outcome.final = _parse_json(body)
+                if outcome.final is None:
+                    # Nothing sent yet: a node answering garbage is failed over like a 5xx.
+                    self.fleet.mark_failure(node, f"{req.path}: answer is not a JSON object")
+                    return RelayFailed(502, f"node {node.name} sent an invalid answer")
+            self._succeeded(node, sink, req)
             sink.committed = True
             down.begin(sink.status, sink.headers, node)
             sink.bytes_out += len(body)
             await down.complete(body)
             return None
-        if sink.pending:
-            sink.last_event = sink.pending
-            await sink._send(sink.pending)
+        tail = _complete_tail(sink.pending, req.framing)
+        if not sink.committed and tail is None:
+            self.fleet.mark_failure(node, f"{req.path}: stream held no complete message")
+            return RelayFailed(502, f"node {node.name} sent an invalid stream")
+        self._succeeded(node, sink, req)
+        if tail:
+            sink.last_event = tail
+            await sink._send(tail)
         outcome.final = _parse_event(sink.last_event, req.framing)
         if req.expect_done and not any(m in sink.last_event for m in _DONE_MARKERS) \
                 and b'"error"' not in sink.last_event:
             outcome.error = "stream ended without done"
             await self._finish_with_error(sink, f"node {node.name} ended the stream without a final message")
         return None
+
+    def _succeeded(self, node: NodeState, sink: _Sink, req: ProxyRequest) -> None:
+        self.fleet.mark_success(node)
+        if sink.ttfb is not None:
+            node.record_ttfb(sink.ttfb, req.key)
 
     async def _finish_with_error(self, sink: _Sink, message: str) -> None:
         """After the first byte: one last error line/event, then the handler closes."""
@@ -290,6 +302,19 @@ class Relay:
         # The client may be gone already; there is nothing more to tell it then.
         with contextlib.suppress(Exception):
             await sink.down.send(line)
+
+
+def _complete_tail(pending: bytes, framing: str) -> bytes | None:
+    """A stream's unterminated last piece, completed when it is a whole message.
+
+    ``b""`` when there is none, ``None`` when it is a fragment (garbage).
+    """
+    text = pending.strip()
+    if not text:
+        return b""
+    if framing == SSE:
+        return text + b"\n\n" if text.startswith((b"data:", b":", b"event:")) else None
+    return text + b"\n" if _parse_json(text) is not None else None
 
 
 def _parse_json(body: bytes) -> dict[str, Any] | None:
