@@ -18,7 +18,7 @@ from typing import Any
 from tornado import httpserver, netutil, web
 
 from app import __version__
-from app.api import ollama, openai
+from app.api import models, ollama, openai
 from app.api.base import NotFoundHandler
 from app.auth import bootstrap
 from app.config import ConfigError, RoutingConfig, Settings, validate_routing
@@ -33,7 +33,7 @@ from app.store import DuplicateKey, Store, StoreError, connect
 
 # Hard ceiling for request bodies at the socket; the live limit (config max_body_size) is per handler.
 SERVER_BODY_CEILING = 4 * 1024**3
-ROUTE_MODULES = [ollama, openai]
+ROUTE_MODULES = [ollama, openai, models]
 
 
 class StartupError(Exception):

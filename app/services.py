@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from app.config import RoutingConfig, Settings, validate_routing
+from app.fleet.model_ops import ModelOps
 from app.fleet.pool import Fleet
 from app.fleet.relay import Relay
 from app.fleet.upstream import UpstreamClient
@@ -33,6 +34,15 @@ class Services:
     auth: Any = None
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_ops(self) -> ModelOps:
+        """Pull/delete/copy on nodes, refreshing each node's model list as soon as it is done."""
+        ops = self.extras.get("model_ops")
+        if ops is None:
+            refresh = self.monitor.check if self.monitor is not None else None
+            ops = self.extras["model_ops"] = ModelOps(self.fleet, self.upstream, refresh=refresh)
+        return ops
 
     @property
     def config(self) -> RoutingConfig:

@@ -84,3 +84,21 @@ async def test_mid_stream_failure_surfaces_as_response_error(env, no_api_key):
         async for _ in await client.chat(model="llama3.2", messages=MESSAGES, stream=True):
             pass
     assert "failed mid-response" in info.value.error
+
+
+async def test_pull_delete_copy(env, no_api_key):
+    proxy, client = await _fleet(env)
+    statuses = [p.status async for p in await client.pull("phi3", stream=True)]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    assert (await client.pull("phi3")).status == "success"
+    assert "phi3:latest" in [m.model for m in (await client.list()).models]
+    assert (await client.chat(model="phi3", messages=MESSAGES)).done
+    assert (await client.copy("phi3", "phi3-copy")).status == "success"
+    assert "phi3-copy:latest" in [m.model for m in (await client.list()).models]
+    assert (await client.delete("phi3-copy")).status == "success"
+    assert "phi3-copy:latest" not in [m.model for m in (await client.list()).models]
+    with pytest.raises(ollama.ResponseError) as info:
+        await client.delete("phi3-copy")
+    assert info.value.status_code == 404
+    with pytest.raises(ollama.ResponseError):
+        await client.pull("doesnotexist")
