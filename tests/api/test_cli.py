@@ -149,3 +149,45 @@ def test_help_documents_every_setting():
                  "--health-interval", "--config"):
         assert flag in out
     assert "AIVONX_HEALTH_INTERVAL" in out
+
+
+def test_sigterm_lets_running_streams_finish_then_exits_zero(processes, tmp_path):
+    import http.client
+    import threading
+
+    node_port, proxy_port = _free_port(), _free_port()
+    node = processes("simulate", "--port", str(node_port), "--models", "llama3", "--load-time", "0",
+                     "--tokens-per-second", "20", "--tokens", "30", "--num-parallel", "32")
+    _wait_http(f"http://127.0.0.1:{node_port}/")
+    proxy = processes("serve", "--port", str(proxy_port), "--data-dir", str(tmp_path / "d"), "--log-dir",
+                      str(tmp_path / "l"), "--node", f"http://127.0.0.1:{node_port}",
+                      env=_env(AIVONX_ADMIN_PASSWORD="a-chosen-password"))
+    _wait_http(f"http://127.0.0.1:{proxy_port}/")
+    deadline = time.monotonic() + 10
+    while not json.load(urllib.request.urlopen(f"http://127.0.0.1:{proxy_port}/api/tags"))["models"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    results: list[str] = []
+    started = threading.Barrier(21)
+
+    def stream() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=30)
+        conn.request("POST", "/api/generate", body=json.dumps({"model": "llama3", "prompt": "x"}))
+        response = conn.getresponse()
+        first = response.readline()
+        started.wait()
+        rest = response.read()
+        results.append((first + rest).decode().strip().split("\n")[-1])
+
+    threads = [threading.Thread(target=stream) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    started.wait()  # every stream has its first line: all are in flight
+    proxy.proc.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(timeout=30)
+    code, _, err = proxy.wait()
+    assert code == 0, err
+    assert len(results) == 20 and all(json.loads(last)["done"] is True for last in results)
+    node.stop()
