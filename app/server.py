@@ -18,14 +18,16 @@ from typing import Any
 from tornado import httpserver, netutil, web
 
 from app import __version__
-from app.api import models, ollama, openai
+from app.api import auth, docs, fleet_config, keys, model_ops, models, nodes, ollama, openai, state, ui, users
 from app.api.base import NotFoundHandler
 from app.auth import bootstrap
+from app.auth.service import AuthService
 from app.config import ConfigError, RoutingConfig, Settings, validate_routing
 from app.fleet.health import HealthMonitor
 from app.fleet.node_spec import NodeInvalid, parse_node
 from app.fleet.pool import Fleet
 from app.fleet.relay import Relay
+from app.fleet.sync import SyncWatcher
 from app.fleet.upstream import UpstreamClient
 from app.logs import app_log, setup_logging, stop_logging
 from app.services import Services
@@ -33,7 +35,7 @@ from app.store import DuplicateKey, Store, StoreError, connect
 
 # Hard ceiling for request bodies at the socket; the live limit (config max_body_size) is per handler.
 SERVER_BODY_CEILING = 4 * 1024**3
-ROUTE_MODULES = [ollama, openai, models]
+ROUTE_MODULES = [ollama, openai, models, nodes, fleet_config, state, model_ops, auth, users, keys, ui, docs]
 
 
 class StartupError(Exception):
@@ -117,15 +119,24 @@ async def start_services(settings: Settings, *, store: Store | None = None, moni
     services = Services(settings=settings, store=store, fleet=fleet, upstream=upstream,
                         relay=Relay(fleet, upstream))
     services.extras["jwt_secret"] = secret
+    services.auth = AuthService(store, secret, lambda: fleet.config)
     services.monitor = HealthMonitor(fleet, upstream)
     if monitor:
         services.monitor.start()
+    # Follows changes other proxy instances make to the shared store (tests shorten the interval).
+    sync = services.extras["sync"] = SyncWatcher(store, fleet, services.apply_config, services.monitor.check)
+    sync.start()
     return services
 
 
 async def stop_services(services: Services) -> None:
+    sync = services.extras.get("sync")
+    if sync is not None:
+        await sync.stop()
     if services.monitor is not None:
         services.monitor.stop()
+    if services.auth is not None:
+        await services.auth.close()  # pending last_used_at writes
     services.upstream.close()
     await services.store.close()
 

@@ -81,7 +81,8 @@ class Env:
         return node
 
     async def proxy(self, nodes: Iterable[SimulatedNode] = (), *, config: dict[str, Any] | None = None,
-                    data_dir: Path | None = None, probe: bool = True, **settings: Any) -> Proxy:
+                    data_dir: Path | None = None, probe: bool = True, store: Any = None, **settings: Any) -> Proxy:
+        """A proxy over ``nodes``. ``store``: a shared Store (several proxies on one database)."""
         self._count += 1
         base = self.tmp_path / f"proxy{self._count}"
         settings.setdefault("admin_password", ADMIN_PASSWORD)
@@ -89,7 +90,7 @@ class Env:
         settings.setdefault("health_interval", 3600.0)
         merged = Settings(host="127.0.0.1", port=0, data_dir=data_dir or base / "data", log_dir=base / "logs",
                           node=tuple(n.url for n in nodes), **settings)
-        services = await start_services(merged, monitor=False)
+        services = await start_services(merged, store=store, monitor=False)
         if config:
             await services.update_config(config)
         server, port = listen(build_application(services), merged)

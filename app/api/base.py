@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 
 MANAGEMENT_BODY_LIMIT = 1024 * 1024
 MAX_JSON_DEPTH = 64
+# CORS: what an allowed origin's browser may send and read. Nothing is allowed by default.
+CORS_ALLOW_HEADERS = ("Authorization", "Content-Type", "X-XSRFToken", "X-Request-Id")
+CORS_EXPOSE_HEADERS = "Retry-After, X-Request-Id, X-Aivonx-Node"
+CORS_MAX_AGE = "600"
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
@@ -65,6 +70,7 @@ class BaseHandler(web.RequestHandler):
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
+        self.cors_headers()
 
     # -- body -------------------------------------------------------------------------------------
 
@@ -127,6 +133,51 @@ class BaseHandler(web.RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "no-store")
+        if hasattr(self, "services"):  # again after an error's clear(); initialize() does the first time
+            self.cors_headers()
+
+    # -- CORS ---------------------------------------------------------------------------------------
+
+    def allowed_origin(self) -> str | None:
+        """The request's ``Origin`` when the config allows it (``cors_origins``), else ``None``."""
+        origin = self.request.headers.get("Origin")
+        if not origin:
+            return None
+        allowed = self.services.fleet.config.cors_origins
+        if "*" in allowed or origin.rstrip("/").lower() in (o.lower() for o in allowed):
+            return origin
+        return None
+
+    def cors_headers(self) -> None:
+        if self.services.fleet.config.cors_origins:
+            self.set_header("Vary", "Origin")
+        origin = self.allowed_origin()
+        if origin is not None:
+            # No Allow-Credentials: cookie sessions stay same-origin; cross-origin callers use Bearer.
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)
+
+    def options(self, *args: Any) -> None:
+        """CORS preflight: 204 for an allowed origin, 403 JSON for any other."""
+        methods = ", ".join(m for m in self.SUPPORTED_METHODS
+                            if getattr(type(self), m.lower(), None) is not getattr(web.RequestHandler, m.lower()))
+        if not self.request.headers.get("Origin"):
+            self.set_header("Allow", methods)
+            self.set_status(204)
+            self.finish()
+            return
+        if self.allowed_origin() is None:
+            raise ApiError(403, "this origin is not allowed (see the cors_origins setting)")
+        asked = self.request.headers.get("Access-Control-Request-Headers", "")
+        headers = list(CORS_ALLOW_HEADERS)
+        for name in (h.strip() for h in asked.split(",")):
+            if _HEADER_NAME.match(name) and name.lower() not in (h.lower() for h in headers) and len(headers) < 32:
+                headers.append(name)
+        self.set_header("Access-Control-Allow-Methods", methods)
+        self.set_header("Access-Control-Allow-Headers", ", ".join(headers))
+        self.set_header("Access-Control-Max-Age", CORS_MAX_AGE)
+        self.set_status(204)
+        self.finish()
 
     def send_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -211,6 +262,26 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         raise ApiError(404, "404 page not found")
+
+
+class GatewayKeyMixin:
+    """A gateway route (Ollama API, ``/v1``): with ``require_api_key`` on, an active
+    gateway key is needed (``Authorization: Bearer avx_gw_…``), else 401 in the
+    route's error shape. The key's owner is kept in ``self.principal`` (usage accounting).
+    Put it before the handler class: ``class X(GatewayKeyMixin, BaseHandler)``.
+    """
+
+    principal: Any = None
+
+    async def prepare(self) -> None:
+        result = super().prepare()  # type: ignore[misc]
+        if result is not None:
+            await result
+        if self.request.method == "OPTIONS":  # type: ignore[attr-defined]
+            return
+        services = self.services  # type: ignore[attr-defined]
+        if services.fleet.config.require_api_key:
+            self.principal = await services.auth.check_gateway_key(self)
 
 
 class ManagementHandler(BaseHandler):

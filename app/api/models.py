@@ -24,7 +24,7 @@ import json
 import re
 from typing import Any
 
-from app.api.base import ApiError, BaseHandler
+from app.api.base import ApiError, BaseHandler, GatewayKeyMixin
 from app.api.ollama import required_model, wants_stream
 from app.api.relaying import RelayHandler
 from app.fleet.model_ops import NodeResult, PullProgress, TargetError, copy_targets, delete_targets, pull_targets
@@ -49,7 +49,7 @@ def _failure_text(results: list[NodeResult]) -> str:
     return f"failed on {len(failed)} of {len(results)} nodes ({detail})"
 
 
-class PullHandler(BaseHandler):
+class PullHandler(GatewayKeyMixin, BaseHandler):
     """Pull to the fleet, as one merged Ollama progress stream."""
 
     def initialize(self, services: Any) -> None:
@@ -61,6 +61,33 @@ class PullHandler(BaseHandler):
             self.gone.set_result(None)
 
     async def post(self) -> None:
+        """Pull a model to every enabled active node (or the pull_target node), concurrently.
+        ---
+        summary: Pull a model to the fleet
+        tags: [gateway]
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/PullRequest"}
+              example: {model: llama3.2}
+        responses:
+          "200":
+            description: >
+              Streamed by default: NDJSON PullProgress lines merged over the nodes (a layer's total and completed
+              summed), ending with exactly one `{"status": "success"}` when every node succeeded, else one
+              `{"error": "..."}` line. With `stream: false`: `{"status": "success"}`.
+            content:
+              application/x-ndjson:
+                schema: {$ref: "#/components/schemas/PullProgress"}
+              application/json:
+                schema: {$ref: "#/components/schemas/Status"}
+          "400": {description: Missing or invalid model or stream}
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+          "409": {description: The configured pull_target is not a registered node}
+          "500": {description: "Not streamed, and the pull failed on some node (the error names them)"}
+          "503": {description: No enabled active node to pull to}
+        """
         body = self.json_body()
         model, _ = required_model(body, "model", "name")
         stream = wants_stream(body, True)
@@ -120,10 +147,27 @@ class _ProgressMerger:
         return {"status": status}
 
 
-class DeleteHandler(BaseHandler):
+class DeleteHandler(GatewayKeyMixin, BaseHandler):
     """Delete a model on every node that has it (Ollama takes the name in a DELETE body)."""
 
     async def delete(self) -> None:
+        """Delete a model on every node that has it (the name goes in a JSON body, as with Ollama).
+        ---
+        summary: Delete a model from the fleet
+        tags: [gateway]
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/ModelNameRequest"}
+              example: {model: llama3.2}
+        responses:
+          "200": {description: Deleted on at least one node; empty body.}
+          "400": {description: Missing or invalid model}
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+          "404": {description: No node has this model}
+          "502": {description: Every node that has it failed (the error names them)}
+        """
         body = self.json_body()
         model, _ = required_model(body, "model", "name")
         missing = f"model '{model}' not found"
@@ -140,8 +184,24 @@ class DeleteHandler(BaseHandler):
             raise ApiError(502, _failure_text(results))
 
 
-class CopyHandler(BaseHandler):
+class CopyHandler(GatewayKeyMixin, BaseHandler):
     async def post(self) -> None:
+        """Copy a model under a new name on every node that has the source.
+        ---
+        summary: Copy a model in the fleet
+        tags: [gateway]
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/CopyRequest"}
+        responses:
+          "200": {description: Copied on every node that has the source; empty body.}
+          "400": {description: Missing or invalid source or destination}
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+          "404": {description: No node has the source model}
+          "502": {description: The copy failed on some node (the error names them)}
+        """
         body = self.json_body()
         source, _ = required_model(body, "source", missing="source is required")
         destination, _ = required_model(body, "destination", missing="destination is required")
@@ -159,10 +219,36 @@ class CopyHandler(BaseHandler):
             raise ApiError(502, _failure_text(results))
 
 
-class PushHandler(RelayHandler):
+class PushHandler(GatewayKeyMixin, RelayHandler):
     """Push from one node that has the model (its weights are the fleet's)."""
 
     async def post(self) -> None:
+        """Push a model to its registry from one node that has it.
+        ---
+        summary: Push a model
+        tags: [gateway]
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/PullRequest"}
+              example: {model: myuser/mymodel:latest}
+        responses:
+          "200":
+            description: >
+              Streamed by default: the node's NDJSON progress (PullProgress lines) ending with
+              `{"status": "success"}` or an error line. With `stream: false`: `{"status": "success"}`.
+            content:
+              application/x-ndjson:
+                schema: {$ref: "#/components/schemas/PullProgress"}
+              application/json:
+                schema: {$ref: "#/components/schemas/Status"}
+          "400": {description: Missing or invalid model or stream}
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+          "404": {description: No node that takes requests has this model}
+          "502": {description: Every node tried failed}
+          "503": {description: "Every node with the model is busy, down or draining; see Retry-After"}
+        """
         body = self.json_body()
         self.model, key = required_model(body, "model", "name")
         stream = wants_stream(body, True)
@@ -174,16 +260,46 @@ class PushHandler(RelayHandler):
         return f"model '{self.model}' not found"
 
 
-class CreateHandler(BaseHandler):
+class CreateHandler(GatewayKeyMixin, BaseHandler):
     async def post(self) -> None:
+        """Not supported through the fleet: a model created from local files would exist on one node only.
+        ---
+        summary: Create a model (not supported)
+        tags: [gateway]
+        requestBody:
+          required: false
+          content:
+            application/json:
+              schema: {type: object}
+        responses:
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+          "501": {description: "Always; create the model on one node, then copy or pull it across the fleet."}
+        """
         raise ApiError(501, "creating models through the fleet proxy is not supported: create the model on one "
                             "node, then copy or pull it to the others through /api/copy or /api/pull")
 
 
-class BlobHandler(BaseHandler):
+class BlobHandler(GatewayKeyMixin, BaseHandler):
     """A blob exists for the fleet only when every node that takes requests has it."""
 
     async def head(self, digest: str) -> None:
+        """Whether every node that takes requests has this blob.
+        ---
+        summary: Check a blob
+        tags: [gateway]
+        parameters:
+          - name: digest
+            in: path
+            required: true
+            schema: {type: string, pattern: "^sha256[:-][0-9a-f]{64}$"}
+        responses:
+          "200": {description: Every enabled active node has the blob.}
+          "400": {description: Invalid digest}
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+          "404": {description: Some node lacks the blob}
+          "502": {description: A node could not be asked}
+          "503": {description: No active node}
+        """
         if not _DIGEST.match(digest):
             raise ApiError(400, "invalid digest format")
         nodes = self.services.fleet.routable()
@@ -203,6 +319,21 @@ class BlobHandler(BaseHandler):
         self.finish()
 
     async def post(self, digest: str) -> None:
+        """Not supported through the fleet: upload blobs to a node directly.
+        ---
+        summary: Upload a blob (not supported)
+        tags: [gateway]
+        parameters:
+          - {name: digest, in: path, required: true, schema: {type: string}}
+        requestBody:
+          required: false
+          content:
+            application/octet-stream:
+              schema: {type: string, format: binary}
+        responses:
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+          "501": {description: Always.}
+        """
         raise ApiError(501, "uploading blobs through the fleet proxy is not supported: upload to a node directly")
 
 

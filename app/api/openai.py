@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.api.base import ApiError, BaseHandler
+from app.api.base import ApiError, BaseHandler, GatewayKeyMixin
 from app.api.ollama import required_model, wants_stream
 from app.api.relaying import RelayHandler
 from app.fleet import catalog
@@ -35,7 +35,97 @@ class OpenAIErrors:
         return openai_error(status, message)
 
 
-class OpenAIRoutedHandler(OpenAIErrors, RelayHandler):
+class OpenAIRoutedHandler(OpenAIErrors, GatewayKeyMixin, RelayHandler):
+    """The OpenAI-compatible calls, forwarded to one node that has the model (errors in OpenAI's shape).
+    ---
+    /v1/chat/completions:
+      post:
+        summary: Chat completion (OpenAI)
+        tags: [openai]
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/OpenAIChatRequest"}
+              example: {model: llama3.2, messages: [{role: user, content: Hello}]}
+        responses:
+          "200":
+            description: >
+              One chat.completion; with `stream: true` server-sent events of chat.completion.chunk objects
+              ending with `data: [DONE]`.
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/OpenAIChatCompletion"}
+              text/event-stream:
+                schema: {type: string}
+          "400": {description: "Missing or invalid model, stream or body"}
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+          "404": {description: No node that takes requests has this model}
+          "413": {description: The body is larger than the max_body_size setting}
+          "502": {description: Every node tried failed or answered garbage (or a node's own 5xx answer)}
+          "503":
+            description: Every node with the model is busy, down or draining; see Retry-After.
+            headers:
+              Retry-After: {schema: {type: integer}}
+          "504": {description: The node did not answer within the first_byte_timeout setting}
+    /v1/completions:
+      post:
+        summary: Text completion (OpenAI, legacy)
+        tags: [openai]
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/OpenAICompletionRequest"}
+              example: {model: llama3.2, prompt: Once upon a time}
+        responses:
+          "200":
+            description: >
+              One text_completion; with `stream: true` server-sent events of text_completion chunks ending
+              with `data: [DONE]`.
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/OpenAICompletion"}
+              text/event-stream:
+                schema: {type: string}
+          "400": {description: "Missing or invalid model, stream or body"}
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+          "404": {description: No node that takes requests has this model}
+          "413": {description: The body is larger than the max_body_size setting}
+          "502": {description: Every node tried failed or answered garbage (or a node's own 5xx answer)}
+          "503":
+            description: Every node with the model is busy, down or draining; see Retry-After.
+            headers:
+              Retry-After: {schema: {type: integer}}
+          "504": {description: The node did not answer within the first_byte_timeout setting}
+    /v1/embeddings:
+      post:
+        summary: Embeddings (OpenAI)
+        tags: [openai]
+        requestBody:
+          required: true
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/OpenAIEmbeddingRequest"}
+              example: {model: nomic-embed-text, input: some text}
+        responses:
+          "200":
+            description: One embedding per input, in OpenAI's list format.
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/OpenAIEmbeddingList"}
+          "400": {description: "Missing or invalid model, stream or body"}
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+          "404": {description: No node that takes requests has this model}
+          "413": {description: The body is larger than the max_body_size setting}
+          "502": {description: Every node tried failed or answered garbage (or a node's own 5xx answer)}
+          "503":
+            description: Every node with the model is busy, down or draining; see Retry-After.
+            headers:
+              Retry-After: {schema: {type: integer}}
+          "504": {description: The node did not answer within the first_byte_timeout setting}
+    """
+
     async def post(self) -> None:
         body = self.json_body()
         self.model, key = required_model(body, "model")
@@ -57,14 +147,46 @@ def _model_object(entry: dict[str, Any]) -> dict[str, Any]:
             "owned_by": "library"}
 
 
-class ModelsHandler(OpenAIErrors, BaseHandler):
+class ModelsHandler(OpenAIErrors, GatewayKeyMixin, BaseHandler):
     def get(self) -> None:
+        """The fleet's models in OpenAI's list format (from memory, as /api/tags).
+        ---
+        summary: List models (OpenAI)
+        tags: [openai]
+        responses:
+          "200":
+            description: Every model of the nodes that take requests.
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/OpenAIModelList"}
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+        """
         entries = catalog.merged_tags(self.services.fleet.routable())
         self.send_json({"object": "list", "data": [_model_object(e) for e in entries]})
 
 
-class ModelHandler(OpenAIErrors, BaseHandler):
+class ModelHandler(OpenAIErrors, GatewayKeyMixin, BaseHandler):
     def get(self, name: str) -> None:
+        """One model of the fleet in OpenAI's format; the name matches as Ollama's does (case, `:latest`).
+        ---
+        summary: Get a model (OpenAI)
+        tags: [openai]
+        parameters:
+          - name: name
+            in: path
+            required: true
+            description: The model name; may contain `/` (e.g. `hf.co/org/model:tag`).
+            schema: {type: string}
+            example: llama3.2:latest
+        responses:
+          "200":
+            description: The model.
+            content:
+              application/json:
+                schema: {$ref: "#/components/schemas/OpenAIModel"}
+          "401": {description: A gateway key is required (require_api_key is on) and was missing or invalid}
+          "404": {description: No node that takes requests has this model}
+        """
         key = try_model_key(name)
         for entry in catalog.merged_tags(self.services.fleet.routable()):
             if key is not None and try_model_key(entry.get("name") or entry.get("model")) == key:

@@ -9,6 +9,8 @@ import bcrypt
 MIN_LENGTH = 8
 # bcrypt only reads 72 bytes and bcrypt 5 raises beyond them: refuse clearly instead.
 MAX_BYTES = 72
+# bcrypt cost for new hashes. Tests lower it (monkeypatch) to stay fast; production keeps 12.
+BCRYPT_ROUNDS = 12
 
 
 class WeakPassword(ValueError):
@@ -25,9 +27,10 @@ def check_password_rules(password: object) -> str:
     return password
 
 
-def hash_password(password: str, rounds: int = 12) -> str:
+def hash_password(password: str, rounds: int | None = None) -> str:
     check_password_rules(password)
-    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds)).decode("ascii")
+    salt = bcrypt.gensalt(rounds if rounds is not None else BCRYPT_ROUNDS)
+    return bcrypt.hashpw(password.encode("utf-8"), salt).decode("ascii")
 
 
 def verify_password(password: str, hashed: str) -> bool:

@@ -61,7 +61,8 @@ async def test_delete_removes_from_every_node_that_has_it(env):
     response = await proxy.request("DELETE", "/api/delete", {"model": "llama3"})
     assert response.code == 200 and response.body == b""
     assert "llama3:latest" not in a.state.stats()["models"] + b.state.stats()["models"]
-    assert await proxy.json("DELETE", "/api/delete", {"model": "llama3"}) == (404, {"error": "model 'llama3' not found"})
+    missing = (404, {"error": "model 'llama3' not found"})
+    assert await proxy.json("DELETE", "/api/delete", {"model": "llama3"}) == missing
     status, _ = await proxy.json("POST", "/api/generate", {"model": "llama3", "prompt": "x"})
     assert status == 404
 
