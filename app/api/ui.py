@@ -9,6 +9,7 @@ slipped up while rendering it.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,16 @@ from tornado import web
 
 import app
 
-WEBUI_DIR = Path(app.__file__).resolve().parent.parent / "webui"
+
+def _webui_dir() -> Path:
+    """The console's files: the checkout's ``webui/`` (editable install), else the installed copy."""
+    checkout = Path(app.__file__).resolve().parent.parent / "webui"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "aivonx-proxy" / "webui"
+
+
+WEBUI_DIR = _webui_dir()
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'self'",
