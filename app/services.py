@@ -32,6 +32,11 @@ class Services:
     monitor: HealthMonitor | None = None
     # The AuthService (app/auth/service.py): resolves credentials to principals.
     auth: Any = None
+    # Accounting: the UsageRecorder (app/fleet/usage.py), the KeyLimiter (app/fleet/limits.py)
+    # and the ProxyMetrics (app/metrics.py) of this process.
+    usage: Any = None
+    limits: Any = None
+    metrics: Any = None
     started_at: float = field(default_factory=time.time)
     extras: dict[str, Any] = field(default_factory=dict)
 

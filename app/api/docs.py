@@ -83,6 +83,8 @@ TAGS = [
     {"name": "auth", "description": "Log in and out, tokens, sessions, one's own password."},
     {"name": "users", "description": "People who may use the management API (admin)."},
     {"name": "keys", "description": "API tokens for scripts and gateway keys for clients (admin)."},
+    {"name": "usage", "description": "Who used how much (tokens and requests per user, key, model, node, day), "
+                                     "the latest requests, and Prometheus metrics."},
     {"name": "docs", "description": "This document and the pages that show it."},
     {"name": "console", "description": "The web console's files (not an API; listed so every route is)."},
 ]

@@ -35,6 +35,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "cors_origins": {"type": "array", "items": {"type": "string"}},
             "max_body_size": {"type": "integer", "minimum": 1024},
             "shutdown_grace": {"type": "number", "minimum": 0, "maximum": 3600},
+            "usage_retention_days": {"type": "number", "minimum": 1, "maximum": 3650, "default": 30,
+                                     "description": "usage records older than this many days are deleted"},
         },
     },
 }

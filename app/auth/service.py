@@ -64,6 +64,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MAX_NAME_LENGTH = 100
+# A gateway key's optional limits (enforced per proxy process, see app/fleet/limits.py): name → range, meaning.
+KEY_LIMITS = {"rpm": (1, 1_000_000, "requests per minute"), "tpd": (1, 10**12, "tokens per day")}
 
 # How long a user record is trusted from memory before it is read again.
 USER_CACHE_TTL = 30.0
@@ -89,6 +91,10 @@ class Principal:
     via: str  # "jwt" | "session" | "api_token" | "gateway_key"
     token_id: str | None = None  # the key's id, or the JWT's jti
     xsrf: str | None = field(default=None, repr=False)  # the session's XSRF token (cookie sessions only)
+    # Gateway keys only: the key's name (usage records) and its limits (None = unlimited).
+    key_name: str | None = None
+    rpm: int | None = None
+    tpd: int | None = None
 
 
 @dataclass
@@ -125,7 +131,8 @@ def public_key(record: dict[str, Any], username: str | None) -> dict[str, Any]:
     return {"id": record["id"], "name": record.get("name"), "kind": record.get("kind"),
             "prefix": record.get("prefix"), "user_id": record.get("user_id"), "username": username,
             "created_at": _iso(record.get("created_at")), "last_used_at": _iso(record.get("last_used_at")),
-            "revoked": bool(record.get("revoked")), "revoked_at": _iso(record.get("revoked_at"))}
+            "revoked": bool(record.get("revoked")), "revoked_at": _iso(record.get("revoked_at")),
+            "rpm": record.get("rpm"), "tpd": record.get("tpd")}
 
 
 def unauthorized(message: str) -> ApiError:
@@ -195,7 +202,8 @@ class AuthService:
             raise unauthorized("invalid API key")
         self._touch(record["id"])
         return Principal(user_id=record["user_id"], username=record.get("_username") or "",
-                         role=record.get("_role") or "viewer", via="gateway_key", token_id=record["id"])
+                         role=record.get("_role") or "viewer", via="gateway_key", token_id=record["id"],
+                         key_name=record.get("name"), rpm=record.get("rpm"), tpd=record.get("tpd"))
 
     async def _jwt_principal(self, token: str) -> Principal:
         claims = self._verify(token, ACCESS)
@@ -414,16 +422,14 @@ class AuthService:
 
     async def create_key(self, body: dict[str, Any], caller: Principal) -> tuple[str, dict[str, Any]]:
         """A new API token or gateway key; its secret is returned here and never again."""
-        errors = _unknown(body, {"name", "kind", "user_id"})
+        errors = _unknown(body, {"name", "kind", "user_id", *KEY_LIMITS})
         name = body.get("name")
         kind = body.get("kind", "api")
         user_id = body.get("user_id", caller.user_id)
-        if not isinstance(name, str) or not name.strip():
-            errors["name"] = "a name is required (what the key is for)"
-        elif len(name.strip()) > MAX_NAME_LENGTH:
-            errors["name"] = f"at most {MAX_NAME_LENGTH} characters"
+        _check_key_name(name, errors)
         if kind not in KINDS:
             errors["kind"] = f"must be one of {', '.join(KINDS)}"
+        limits = _key_limits(body, errors, kind)
         user = None
         if not isinstance(user_id, str) or not user_id:
             errors["user_id"] = "must be the id of a user"
@@ -435,7 +441,8 @@ class AuthService:
             raise ApiError(400, "invalid key", fields=errors)
         secret = KEY_PREFIX[kind] + secrets.token_urlsafe(32)
         prefix = secret[:len(KEY_PREFIX[kind]) + 6]
-        record = await self.store.tokens.create(user["id"], name.strip(), hash_token(secret), prefix, kind)
+        record = await self.store.tokens.create(user["id"], name.strip(), hash_token(secret), prefix, kind,
+                                                limits=limits)
         app_log().info("created %s key %s (%r) for user %r", kind, prefix, record["name"], user["username"])
         return secret, public_key(record, user["username"])
 
@@ -451,6 +458,30 @@ class AuthService:
             if record["id"] == key_id:
                 return record
         raise ApiError(404, f"no key with id {key_id!r}")
+
+    async def update_key(self, key_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Rename a key or change a gateway key's ``rpm``/``tpd`` (``null`` removes a limit).
+
+        Applies at once on this process (the cached key is dropped) and within seconds on
+        others (the change counter moves).
+        """
+        errors = _unknown(body, {"name", *KEY_LIMITS})
+        current = await self.get_key(key_id)
+        fields: dict[str, Any] = _key_limits(body, errors, current["kind"])
+        if "name" in body:
+            _check_key_name(body["name"], errors)
+            if "name" not in errors:
+                fields["name"] = body["name"].strip()
+        if errors:
+            raise ApiError(400, "invalid key", fields=errors)
+        if fields:
+            if await self.store.tokens.update(key_id, fields) is None:
+                raise ApiError(404, f"no key with id {key_id!r}")
+            self._forget_token(key_id)
+            app_log().info("changed %s key %s: %s", current["kind"], current["prefix"],
+                           ", ".join(f"{k}={v}" for k, v in sorted(fields.items()) if k != "name")
+                           or "name")
+        return await self.get_key(key_id)
 
     async def revoke_key(self, key_id: str) -> dict[str, Any]:
         await self.get_key(key_id)
@@ -700,6 +731,29 @@ def _check_username(value: Any, errors: dict[str, str]) -> None:
     elif not USERNAME_RE.match(value):
         errors["username"] = ("1-64 characters: letters, digits and . _ @ -, "
                               "starting with a letter or digit")
+
+
+def _check_key_name(name: Any, errors: dict[str, str]) -> None:
+    if not isinstance(name, str) or not name.strip():
+        errors["name"] = "a name is required (what the key is for)"
+    elif len(name.strip()) > MAX_NAME_LENGTH:
+        errors["name"] = f"at most {MAX_NAME_LENGTH} characters"
+
+
+def _key_limits(body: dict[str, Any], errors: dict[str, str], kind: Any) -> dict[str, int | None]:
+    """The ``rpm``/``tpd`` fields present in ``body``, validated (``null`` = no limit)."""
+    limits: dict[str, int | None] = {}
+    for name, (low, high, meaning) in KEY_LIMITS.items():
+        if name not in body:
+            continue
+        value = body[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            errors[name] = f"must be null (no limit) or an integer from {low} to {high} ({meaning})"
+        elif value is not None and kind != "gateway":
+            errors[name] = "limits apply to gateway keys only"
+        else:
+            limits[name] = value
+    return limits
 
 
 def _check_role(value: Any, errors: dict[str, str]) -> None:

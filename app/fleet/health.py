@@ -105,6 +105,7 @@ class HealthMonitor:
             if not isinstance(models, list) or not isinstance(loaded, list):
                 raise ProbeFailed("/api/tags or /api/ps did not list models")
         except (ProbeFailed, UpstreamError) as exc:
+            node.probe_duration = time.monotonic() - started
             if self.fleet.nodes.get(node.id) is node:
                 was = node.status
                 self.fleet.mark_failure(node, f"health check: {exc}", probe=True)
@@ -112,6 +113,7 @@ class HealthMonitor:
                     app_log().warning("node %s is down: %s", node.name, exc)
                 self._schedule_retry(node)
             return False
+        node.probe_duration = time.monotonic() - started
         if self.fleet.nodes.get(node.id) is not node:
             return False  # removed while we were probing
         node.version = str(version.get("version") or "") or None

@@ -66,6 +66,7 @@ class NodeState:
     models: dict[str, ModelEntry] = field(default_factory=dict)
     loaded: dict[str, dict[str, Any]] = field(default_factory=dict)
     probe_latency: float | None = None
+    probe_duration: float | None = None  # seconds the last health check took (metrics)
     ttfb: float | None = None
     ttfb_by_model: dict[str, float] = field(default_factory=dict)
     last_check: datetime | None = None

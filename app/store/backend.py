@@ -15,6 +15,7 @@ from mongomock_motor import AsyncMongoMockClient
 from motor.motor_asyncio import AsyncIOMotorClient
 from pymongo import ReturnDocument
 from pymongo.errors import (
+    BulkWriteError,
     ConfigurationError,
     ConnectionFailure,
     DuplicateKeyError,
@@ -30,6 +31,7 @@ from pymongo.errors import (
 __all__ = [
     "CONFIG_ERRORS",
     "RETURN_AFTER",
+    "BulkWriteError",
     "ConnectionFailure",
     "DuplicateKeyError",
     "PyMongoError",
@@ -39,6 +41,7 @@ __all__ = [
     "is_unavailable",
     "new_embedded_client",
     "new_mongo_client",
+    "only_duplicates",
 ]
 
 RETURN_AFTER = ReturnDocument.AFTER
@@ -102,6 +105,13 @@ def is_unavailable(exc: BaseException) -> bool:
 def is_auth_failure(exc: BaseException) -> bool:
     """True when the server rejected our credentials (retrying will not help)."""
     return isinstance(exc, OperationFailure) and exc.code in (13, 18)
+
+
+def only_duplicates(exc: BulkWriteError) -> bool:
+    """True when every failed write of an unordered bulk insert hit an existing ``_id`` (a retry)."""
+    errors = (exc.details or {}).get("writeErrors") or []
+    return bool(errors) and all(error.get("code") == 11000 for error in errors) \
+        and not (exc.details or {}).get("writeConcernErrors")
 
 
 def duplicate_key_name(exc: DuplicateKeyError) -> str | None:

@@ -5,7 +5,8 @@ The data directory belongs to one process at a time (``aivonx.lock``, an ``flock
 drops when the process dies). After each write the whole database is written to a new file
 that atomically replaces the old one, so a crash leaves either the old or the new file,
 never a torn one. The data is small (nodes, users, tokens, settings), so whole snapshots
-are simpler and safer than a log.
+are simpler and safer than a log. Usage records, which grow with traffic, are the exception:
+they live in ``usage.jsonl``, an append-only journal (see :mod:`app.store.usage`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from bson.errors import BSONError
 from . import backend
 from .errors import DataDirLocked, StoreConnectError, StoreError, StoreUnavailable
 from .store import Store
+from .usage import EmbeddedUsageRepo
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "aivonx.lock"
 STORE_NAME = "store.json"
+USAGE_NAME = "usage.jsonl"
 FORMAT = "aivonx-store"
 VERSION = 1
 _WRITE_OPTIONS = json_util.JSONOptions(json_mode=json_util.JSONMode.RELAXED)
@@ -49,9 +52,12 @@ async def open_embedded(data_dir: Path, db_name: str) -> Store:
         client = backend.new_embedded_client()
         db = client[db_name]
         persister = SnapshotPersister(db, snapshot)
+        usage = EmbeddedUsageRepo(data_dir / USAGE_NAME)
+        await usage.load()
 
         async def close() -> None:
             try:
+                await usage.close()
                 await persister.close()
             finally:
                 lock.release()
@@ -64,6 +70,7 @@ async def open_embedded(data_dir: Path, db_name: str) -> Store:
             durability=persister,
             closer=close,
             health=persister.check,
+            usage=usage,
         )
         try:
             for name, docs in collections.items():

@@ -13,6 +13,7 @@ from .errors import StoreUnavailable
 from .nodes import NodeRepo
 from .secrets import SecretRepo
 from .tokens import TokenRepo
+from .usage import EmbeddedUsageRepo, UsageRepo
 from .users import UserRepo
 
 
@@ -28,6 +29,7 @@ class Store:
         durability: Durability,
         closer: Callable[[], Awaitable[None]],
         health: Callable[[], None] | None = None,
+        usage: EmbeddedUsageRepo | None = None,
     ) -> None:
         self.kind = kind
         self._db = db
@@ -41,6 +43,8 @@ class Store:
         self.config = ConfigRepo(db, durability, self.changes)
         self.secrets = SecretRepo(db, durability)
         self.tokens = TokenRepo(db, durability, self.changes)
+        # Usage records: in the database, or (embedded store) in their own journal file.
+        self.usage: UsageRepo | EmbeddedUsageRepo = usage if usage is not None else UsageRepo(db, durability)
 
     def describe(self) -> str:
         """One line for the start-up log; never contains a password."""
@@ -65,7 +69,10 @@ class Store:
         await self._closer()
 
     def _repos(self) -> list[Repo]:
-        return [self.changes, self.nodes, self.users, self.config, self.secrets, self.tokens]
+        repos: list[Repo] = [self.changes, self.nodes, self.users, self.config, self.secrets, self.tokens]
+        if isinstance(self.usage, UsageRepo):
+            repos.append(self.usage)
+        return repos
 
     async def _prepare(self) -> None:
         """Create every collection's indexes; idempotent, run at connect."""

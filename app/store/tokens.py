@@ -33,8 +33,12 @@ class TokenRepo(Repo):
         await self._col.create_index("user_id")
         await self._revoked.create_index("expires_at", expireAfterSeconds=0)
 
-    async def create(self, user_id: str, name: str, token_hash: str, prefix: str, kind: str) -> dict[str, Any]:
-        """Store a token by its hash; ``prefix`` (its first characters) is what people see."""
+    async def create(self, user_id: str, name: str, token_hash: str, prefix: str, kind: str,
+                     limits: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Store a token by its hash; ``prefix`` (its first characters) is what people see.
+
+        ``limits``: a gateway key's optional ``rpm`` and ``tpd`` (``None`` = unlimited).
+        """
         if kind not in KINDS:
             raise ValueError(f"token kind must be one of {KINDS}, not {kind!r}")
         doc = {
@@ -47,9 +51,24 @@ class TokenRepo(Repo):
             "created_at": utcnow(),
             "last_used_at": None,
             "revoked": False,
+            "rpm": (limits or {}).get("rpm"),
+            "tpd": (limits or {}).get("tpd"),
         }
         await self._insert(doc)
         await self._changed()
+        return self._public(doc, _HIDDEN)
+
+    async def update(self, token_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+        """Change a token's ``name``, ``rpm`` or ``tpd``; None when there is no such token.
+
+        Bumps the change counter: other processes reload the key's limits from here.
+        """
+        unknown = set(fields) - {"name", "rpm", "tpd"}
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)} of a token")
+        doc = await self._set(token_id, dict(fields))
+        if doc is not None:
+            await self._changed()
         return self._public(doc, _HIDDEN)
 
     async def find_by_hash(self, token_hash: str) -> dict[str, Any] | None:

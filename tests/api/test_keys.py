@@ -34,7 +34,7 @@ async def new_key(proxy, headers, name="script", kind="api", **extra):
 
 
 KEY_FIELDS = {"id", "name", "kind", "prefix", "user_id", "username", "created_at", "last_used_at", "revoked",
-              "revoked_at"}
+              "revoked_at", "rpm", "tpd"}
 
 
 # ------------------------------------------------------------------ API tokens

@@ -12,6 +12,7 @@ from app.store.config import ConfigRepo
 from app.store.nodes import NodeRepo
 from app.store.secrets import SecretRepo
 from app.store.tokens import TokenRepo
+from app.store.usage import UsageRepo
 from app.store.users import UserRepo
 
 APP = Path(__file__).resolve().parents[2] / "app"
@@ -45,7 +46,7 @@ def test_inside_the_store_only_backend_knows_the_driver_classes():
 
 
 def test_every_public_repo_coroutine_translates_driver_errors():
-    repos = [ChangeRepo, ConfigRepo, NodeRepo, SecretRepo, TokenRepo, UserRepo]
+    repos = [ChangeRepo, ConfigRepo, NodeRepo, SecretRepo, TokenRepo, UsageRepo, UserRepo]
     assert set(repos) == set(Repo.__subclasses__())
     for repo in repos:
         for name, member in vars(repo).items():
