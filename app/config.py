@@ -88,6 +88,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("health_interval", 60.0, "seconds between health checks of the nodes", _positive),
     Option("log_level", "INFO", "log level of logs/app.json (DEBUG, INFO, WARNING, ERROR)"),
     Option("xheaders", False, "trust X-Forwarded-For/X-Real-Ip from a load balancer in front", lambda s: _bool(s)),
+    Option("client_header_timeout", 60.0,
+           "seconds a client may take to send a request's headers (also how long an idle keep-alive "
+           "connection stays open)", _positive),
+    Option("client_body_timeout", 300.0, "seconds a client may take to send a whole request body", _positive),
     # Secrets: environment (or config file) only — never a flag, since flags show in `ps`.
     Option("jwt_secret", None, "secret that signs login tokens (generated and stored when unset)", secret=True,
            cli=False),
@@ -124,6 +128,8 @@ class Settings:
     health_interval: float = 60.0
     log_level: str = "INFO"
     xheaders: bool = False
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 300.0
     jwt_secret: str | None = field(default=None, repr=False)
     admin_password: str | None = field(default=None, repr=False)
     config: Path | None = None
@@ -305,6 +311,8 @@ class RoutingConfig:
     cors_origins: tuple[str, ...] = ()
     max_body_size: int = 64 * 1024 * 1024
     shutdown_grace: float = 30.0
+    # Usage records older than this are deleted (TTL index on MongoDB, plus an hourly prune).
+    usage_retention_days: float = 30.0
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -330,6 +338,7 @@ ROUTING_VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "cors_origins": _origins,
     "max_body_size": _num(1024, 4 * 1024**3, integer=True),
     "shutdown_grace": _num(0, 3600),
+    "usage_retention_days": _num(1, 3650),
 }
 
 

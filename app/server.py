@@ -18,24 +18,43 @@ from typing import Any
 from tornado import httpserver, netutil, web
 
 from app import __version__
-from app.api import auth, docs, fleet_config, keys, model_ops, models, nodes, ollama, openai, state, ui, users
+from app.api import (
+    auth,
+    docs,
+    fleet_config,
+    keys,
+    metrics,
+    model_ops,
+    models,
+    nodes,
+    ollama,
+    openai,
+    state,
+    ui,
+    usage,
+    users,
+)
 from app.api.base import NotFoundHandler
 from app.auth import bootstrap
 from app.auth.service import AuthService
 from app.config import ConfigError, RoutingConfig, Settings, validate_routing
 from app.fleet.health import HealthMonitor
+from app.fleet.limits import KeyLimiter
 from app.fleet.node_spec import NodeInvalid, parse_node
 from app.fleet.pool import Fleet
 from app.fleet.relay import Relay
 from app.fleet.sync import SyncWatcher
 from app.fleet.upstream import UpstreamClient
+from app.fleet.usage import UsageRecorder
 from app.logs import app_log, setup_logging, stop_logging
+from app.metrics import ProxyMetrics
 from app.services import Services
 from app.store import DuplicateKey, Store, StoreError, connect
 
 # Hard ceiling for request bodies at the socket; the live limit (config max_body_size) is per handler.
 SERVER_BODY_CEILING = 4 * 1024**3
-ROUTE_MODULES = [ollama, openai, models, nodes, fleet_config, state, model_ops, auth, users, keys, ui, docs]
+ROUTE_MODULES = [ollama, openai, models, nodes, fleet_config, state, model_ops, auth, users, keys, usage, metrics, ui,
+                 docs]
 
 
 class StartupError(Exception):
@@ -120,6 +139,7 @@ async def start_services(settings: Settings, *, store: Store | None = None, moni
                         relay=Relay(fleet, upstream))
     services.extras["jwt_secret"] = secret
     services.auth = AuthService(store, secret, lambda: fleet.config)
+    await start_accounting(services)
     services.monitor = HealthMonitor(fleet, upstream)
     if monitor:
         services.monitor.start()
@@ -129,12 +149,36 @@ async def start_services(settings: Settings, *, store: Store | None = None, moni
     return services
 
 
+async def start_accounting(services: Services) -> None:
+    """Usage records, per-key limits and metrics; the tpd counters start from today's stored usage."""
+    fleet = services.fleet
+    recorder = services.usage = UsageRecorder(services.store.usage, lambda: fleet.config.usage_retention_days)
+    limiter = services.limits = KeyLimiter()
+    services.metrics = ProxyMetrics(fleet, usage=recorder)
+    services.metrics.start()
+    fleet.subscribe(lambda kind, _data: recorder.config_changed() if kind == "config" else None)
+    await recorder.start()
+    now = time.time()
+    try:
+        today = await services.store.usage.summary(now - now % 86400, now + 1, "key")
+    except StoreError as exc:
+        app_log().warning("cannot read today's usage per key (tokens-per-day limits start at 0): %s", exc)
+        return
+    for group in today["groups"]:
+        if group["id"]:
+            limiter.seed(group["id"], group["tokens_in"] + group["tokens_out"])
+
+
 async def stop_services(services: Services) -> None:
     sync = services.extras.get("sync")
     if sync is not None:
         await sync.stop()
     if services.monitor is not None:
         services.monitor.stop()
+    if services.usage is not None:
+        await services.usage.close()  # pending usage records
+    if services.metrics is not None:
+        services.metrics.stop()
     if services.auth is not None:
         await services.auth.close()  # pending last_used_at writes
     services.upstream.close()
@@ -147,8 +191,9 @@ def listen(app: web.Application, settings: Settings) -> tuple[httpserver.HTTPSer
         app,
         xheaders=settings.xheaders,
         max_body_size=SERVER_BODY_CEILING,
-        idle_connection_timeout=300,
-        body_timeout=None,
+        # Slow clients: headers (and an idle keep-alive connection) and bodies are bounded in time.
+        idle_connection_timeout=settings.client_header_timeout,
+        body_timeout=settings.client_body_timeout,
     )
     server.add_sockets(sockets)
     return server, sockets[0].getsockname()[1]

@@ -87,15 +87,23 @@ class BaseHandler(web.RequestHandler):
                 raise ApiError(400, "invalid Content-Length") from None
             if declared > limit:
                 raise ApiError(413, f"request body is larger than the limit of {limit} bytes")
-        # Let Tornado accept up to our limit (its own default is lower for some paths).
-        self.request.connection.set_max_body_size(limit + 1)  # type: ignore[union-attr]
+            # Let Tornado accept up to our limit (its own default is lower for some paths).
+            self.request.connection.set_max_body_size(limit + 1)  # type: ignore[union-attr]
+        # A chunked body (no Content-Length) is counted in data_received, which answers 413 as
+        # soon as it passes the limit; Tornado's own cut would be a bare 400 without JSON.
         return None
 
     def data_received(self, chunk: bytes) -> None:
+        if self._too_large:
+            return
         self._size += len(chunk)
         if self._size > self.body_limit():
             self._too_large = True
             self._chunks.clear()
+            if not self._finished:
+                # Answer now: Tornado then drops the rest of the body and closes the connection.
+                error = ApiError(413, f"request body is larger than the limit of {self.body_limit()} bytes")
+                self.send_error(413, exc_info=(ApiError, error, None))
             return
         self._chunks.append(chunk)
 
@@ -157,10 +165,14 @@ class BaseHandler(web.RequestHandler):
             self.set_header("Access-Control-Allow-Origin", origin)
             self.set_header("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)
 
-    def options(self, *args: Any) -> None:
+    def allowed_methods(self) -> str:
+        """The methods this route implements, for ``Allow`` (405 answers, preflights)."""
+        return ", ".join(m for m in self.SUPPORTED_METHODS
+                         if getattr(type(self), m.lower(), None) is not getattr(web.RequestHandler, m.lower()))
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
         """CORS preflight: 204 for an allowed origin, 403 JSON for any other."""
-        methods = ", ".join(m for m in self.SUPPORTED_METHODS
-                            if getattr(type(self), m.lower(), None) is not getattr(web.RequestHandler, m.lower()))
+        methods = self.allowed_methods()
         if not self.request.headers.get("Origin"):
             self.set_header("Allow", methods)
             self.set_status(204)
@@ -207,6 +219,7 @@ class BaseHandler(web.RequestHandler):
             message = "internal server error"
         if status_code == 405:
             message = "405 method not allowed"
+            self.set_header("Allow", self.allowed_methods())  # RFC 9110: a 405 lists what is allowed
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(self.error_payload(status_code, message, extra)))
@@ -268,6 +281,8 @@ class GatewayKeyMixin:
     """A gateway route (Ollama API, ``/v1``): with ``require_api_key`` on, an active
     gateway key is needed (``Authorization: Bearer avx_gw_…``), else 401 in the
     route's error shape. The key's owner is kept in ``self.principal`` (usage accounting).
+    A key over its ``rpm`` or ``tpd`` limit gets 429 with ``Retry-After`` (checked in
+    memory, per process: :mod:`app.fleet.limits`).
     Put it before the handler class: ``class X(GatewayKeyMixin, BaseHandler)``.
     """
 
@@ -281,7 +296,15 @@ class GatewayKeyMixin:
             return
         services = self.services  # type: ignore[attr-defined]
         if services.fleet.config.require_api_key:
-            self.principal = await services.auth.check_gateway_key(self)
+            principal = self.principal = await services.auth.check_gateway_key(self)
+            limited = getattr(principal, "rpm", None) is not None or getattr(principal, "tpd", None) is not None
+            if limited and services.limits is not None:
+                refusal = services.limits.check(principal.token_id, principal.rpm, principal.tpd)
+                if refusal is not None:
+                    if services.metrics is not None:
+                        services.metrics.refused(refusal.limit)
+                    raise ApiError(429, refusal.message, headers={"Retry-After": str(refusal.retry_after)},
+                                   limit=refusal.limit, retry_after=refusal.retry_after)
 
 
 class ManagementHandler(BaseHandler):

@@ -98,6 +98,7 @@ class _ModelOpHandler(ManagementHandler):
         self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()  # a body still being read must fail, or the handler waits forever
         if not self.gone.done():
             self.gone.set_result(None)
 

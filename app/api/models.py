@@ -57,6 +57,7 @@ class PullHandler(GatewayKeyMixin, BaseHandler):
         self.gone = None
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()  # a body still being read must fail, or the handler waits forever
         if self.gone is not None and not self.gone.done():
             self.gone.set_result(None)
 

@@ -2,7 +2,9 @@
 
 Subclasses parse their route's body into a :class:`ProxyRequest`; this class
 runs it through the relay, turns failures into the route's error shape, and
-writes the one ``logs/proxy.json`` line per request.
+accounts the request once it is over: its one ``logs/proxy.json`` line, its usage
+record (same request id, same fields), its metrics and its gateway key's tokens —
+all in memory; the usage record reaches the store later, in a batch.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tornado import iostream
 from app.api.base import ApiError, BaseHandler
 from app.fleet.node import NodeState
 from app.fleet.relay import Outcome, ProxyRequest, RelayFailed
+from app.fleet.usage import tokens_of
 from app.logs import proxy_log
 
 # Request headers a node may see. Host is the node's own; Authorization and
@@ -33,11 +36,13 @@ class RelayHandler(BaseHandler):
         super().initialize(services)
         self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._began = time.monotonic()
+        self._began_at = time.time()
 
     def body_limit(self) -> int:
         return self.services.fleet.config.max_body_size
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()  # a body still being read must fail, or the handler waits forever
         if not self.gone.done():
             self.gone.set_result(None)
 
@@ -112,25 +117,46 @@ class RelayHandler(BaseHandler):
         return "model not found"
 
     def log_outcome(self, req: ProxyRequest, outcome: Outcome) -> None:
-        final = outcome.final or {}
+        """Account the finished request: log line, usage record, metrics, the key's tokens."""
+        services = self.services
+        duration = time.monotonic() - self._began
+        tokens_in, tokens_out = tokens_of(outcome.final)
+        node = outcome.node.name if outcome.node else None
+        principal = getattr(self, "principal", None)
+        key_id = principal.token_id if principal is not None and principal.via == "gateway_key" else None
+        route = self.route or self.request.path
         fields = {
             "request_id": self.request_id(),
             "client": self.client_ip(),
             "method": self.request.method,
             "path": self.request.path,
-            "model": req.model_label or None,
-            "node": outcome.node.name if outcome.node else None,
+            "route": route,
+            "model": req.key or req.model_label or None,
+            "node": node,
             "status": outcome.status,
             "attempts": outcome.attempts,
+            "retried": bool(outcome.retried_nodes),
             "retried_on": outcome.retried_nodes or None,
             "candidates": outcome.candidates,
             "loaded": outcome.loaded,
-            "strategy": self.services.fleet.config.strategy,
+            "strategy": services.fleet.config.strategy,
             "queued_ms": round(outcome.queued_for * 1000, 2),
             "ttfb_ms": None if outcome.ttfb is None else round(outcome.ttfb * 1000, 2),
-            "duration_ms": round((time.monotonic() - self._began) * 1000, 2),
-            "tokens_in": final.get("prompt_eval_count"),
-            "tokens_out": final.get("eval_count"),
+            "duration_ms": round(duration * 1000, 2),
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
             "error": outcome.error,
+            "user_id": principal.user_id if principal is not None else None,
+            "username": principal.username if principal is not None else None,
+            "key_id": key_id,
+            "key_name": getattr(principal, "key_name", None) if key_id is not None else None,
         }
         proxy_log().info("%s %s", self.request.method, self.request.path, extra={"fields": fields})
+        if services.usage is not None:
+            services.usage.record(fields, at=self._began_at)
+        if services.metrics is not None:
+            services.metrics.observe(route=route, model=req.key, node=node, status=outcome.status, ttfb=outcome.ttfb,
+                                     duration=duration, tokens_in=tokens_in, tokens_out=tokens_out,
+                                     retried_on=outcome.retried_nodes, client_gone=outcome.client_gone)
+        if key_id is not None and services.limits is not None and (tokens_in or tokens_out):
+            services.limits.add_tokens(key_id, (tokens_in or 0) + (tokens_out or 0))

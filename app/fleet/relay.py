@@ -78,6 +78,8 @@ class Outcome:
     candidates: int = 0
     loaded: bool = False
     queued_for: float = 0.0
+    # The parsed final message: the last NDJSON line, the unstreamed JSON object, or the last
+    # SSE data event before ``[DONE]`` (where /v1 puts ``usage`` with include_usage).
     final: dict[str, Any] | None = None
     bytes_out: int = 0
 
@@ -118,6 +120,9 @@ class _Sink:
         self.parts: list[bytes] = []
         self.size = 0
         self.last_event = b""
+        # SSE: the last two chunks relayed, to find the event before [DONE] at the end.
+        self.last_chunk = b""
+        self.prev_chunk = b""
         self.ttfb: float | None = None
         self.bytes_out = 0
         self.sep = b"\n\n" if req.framing == SSE else b"\n"
@@ -150,6 +155,8 @@ class _Sink:
         complete = data[:end] if self.pending else data
         start = complete.rfind(self.sep, 0, len(complete) - len(self.sep))
         self.last_event = complete[start + len(self.sep):] if start >= 0 else complete
+        if self.req.framing == SSE:
+            self.prev_chunk, self.last_chunk = self.last_chunk, complete
         return self._send(complete)
 
     def _send(self, data: bytes) -> Awaitable[None]:
@@ -276,8 +283,9 @@ class Relay:
         self._succeeded(node, sink, req)
         if tail:
             sink.last_event = tail
+            sink.prev_chunk, sink.last_chunk = sink.last_chunk, tail
             await sink._send(tail)
-        outcome.final = _parse_event(sink.last_event, req.framing)
+        outcome.final = _last_sse_data(sink) if req.framing == SSE else _parse_event(sink.last_event, req.framing)
         if req.expect_done and not any(m in sink.last_event for m in _DONE_MARKERS) \
                 and b'"error"' not in sink.last_event:
             outcome.error = "stream ended without done"
@@ -325,10 +333,21 @@ def _parse_json(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _last_sse_data(sink: _Sink) -> dict[str, Any] | None:
+    """The last JSON data event of a relayed SSE stream (skipping ``[DONE]`` and comments)."""
+    for chunk in (sink.last_chunk, sink.prev_chunk):
+        for event in reversed(chunk.split(b"\n\n")):
+            if event.strip():
+                parsed = _parse_event(event, SSE)
+                if parsed is not None:
+                    return parsed
+    return None
+
+
 def _parse_event(event: bytes, framing: str) -> dict[str, Any] | None:
     text = event.strip()
     if framing == SSE:
-        # The last event is [DONE]; usage sits in the one before it — callers that need it parse more.
+        # ``[DONE]`` carries nothing: see _last_sse_data for the event before it.
         if text.startswith(b"data:"):
             text = text[5:].strip()
         if text == b"[DONE]":
