@@ -37,8 +37,10 @@ BATCH_DELAY = 0.05
 
 _SECRET_PATTERNS = (
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),
-    (re.compile(r"(?i)(\"?(?:password|secret|token|authorization|api_key|access|refresh)\"?\s*[:=]\s*\"?)"
-                r"[^\"\s,}]+"), r"\1[redacted]"),
+    (re.compile(r"(?i)(\"?(?:password|secret|token|authorization|api_key)\"?\s*[:=]\s*\"?)[^\"\s,}]+"),
+     r"\1[redacted]"),
+    # "access"/"refresh" are common words ("tornado.access: 502"): only the quoted JSON keys of tokens.
+    (re.compile(r"(?i)(\"(?:access|refresh)\"\s*:\s*\")[^\"]+"), r"\1[redacted]"),
     (re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),
 )
 _SECRET_KEYS = frozenset({"password", "secret", "token", "authorization", "cookie", "api_key", "access",
@@ -215,8 +217,9 @@ def setup_logging(log_dir: Path, level: str = "INFO", console: bool = True) -> N
     root.setLevel(logging.WARNING)
     logging.getLogger(APP_LOGGER).setLevel(level)
     logging.getLogger(PROXY_LOGGER).setLevel(logging.INFO)
-    # Tornado logs every request at INFO; our proxy log already covers them.
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    # Tornado's access log repeats every request (4xx at WARNING, 5xx at ERROR): proxy.json has one line
+    # per proxied request, handlers log what they change, and unexpected errors are logged with tracebacks.
+    logging.getLogger("tornado.access").setLevel(logging.CRITICAL + 1)
     _listener = _Writer(log_queue, handlers)
     _listener.start()
 

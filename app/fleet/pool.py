@@ -218,7 +218,7 @@ class Fleet:
             if key is not None and not self.known(key):
                 raise NoCandidate(f"model '{label}' not found", known=False)
             raise NoCandidate(self._unavailable_text(key, label), known=True,
-                              retry_after=self._retry_after())
+                              retry_after=self.retry_after())
         if not self._waiters:
             node = self._pick(key, nodes)
             if node is not None:
@@ -242,7 +242,7 @@ class Fleet:
             self._abandon(waiter)
             raise NoCandidate(
                 f"every node serving '{label}' stayed at its concurrency limit for "
-                f"{self.config.queue_timeout:g}s", known=True, retry_after=self._retry_after()) from None
+                f"{self.config.queue_timeout:g}s", known=True, retry_after=self.retry_after()) from None
         except BaseException:
             self._abandon(waiter)
             raise
@@ -285,7 +285,7 @@ class Fleet:
                 self._waiters.remove(waiter)
                 self._count_queued(waiter, -1)
                 waiter.future.set_exception(NoCandidate(
-                    "no active node serves this model any more", known=True, retry_after=self._retry_after()))
+                    "no active node serves this model any more", known=True, retry_after=self.retry_after()))
 
     def _release(self, node: NodeState) -> None:
         node.in_flight -= 1
@@ -293,7 +293,8 @@ class Fleet:
         if node.draining and node.in_flight == 0:
             self.changed("node", {"id": node.id, "idle": True})
 
-    def _retry_after(self) -> int:
+    def retry_after(self) -> int:
+        """Seconds a client should wait before retrying when no node can serve."""
         return max(1, min(60, int(self.config.health_interval // 4) or 1))
 
     def _unavailable_text(self, key: str | None, label: str) -> str:

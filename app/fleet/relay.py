@@ -246,6 +246,9 @@ class Relay:
                 outcome.error = str(exc)
                 await self._finish_with_error(sink, f"node {node.name} failed mid-response: {exc}")
                 return None
+            if hard:
+                # The node is down (and now out of the pool): "unavailable, retry", like no node at all.
+                return RelayFailed(503, f"node {node.name}: {exc}", retry_after=self.fleet.retry_after())
             status = 504 if isinstance(exc, UpstreamTimeout) else 502
             return RelayFailed(status, f"node {node.name}: {exc}")
         finally:

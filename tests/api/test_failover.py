@@ -255,3 +255,13 @@ async def test_stream_reader_sees_lines_as_they_are_produced(env):
     stream.close()
     await _until(lambda: proxy.in_flight() == 0)
 
+
+
+async def test_the_request_that_finds_every_node_down_gets_503_with_retry_after(env):
+    node = await env.node()
+    proxy = await env.proxy([node])
+    await node.stop()  # not noticed yet: the request itself meets the refused connection
+    response = await proxy.request("POST", "/api/generate", GEN)
+    assert response.code == 503 and int(response.headers["Retry-After"]) >= 1
+    assert "refused" in json.loads(response.body)["error"]
+    assert proxy.in_flight() == 0
