@@ -110,6 +110,14 @@ class Env:
             await node.stop()
 
 
+@pytest.fixture(autouse=True)
+def fast_bcrypt(monkeypatch):
+    """Cheap password hashes in tests (production uses 12 rounds; hashing is not what tests measure)."""
+    from app.auth import passwords
+
+    monkeypatch.setattr(passwords, "BCRYPT_ROUNDS", 4)
+
+
 @pytest.fixture
 def env(io_loop, tmp_path):
     environment = Env(tmp_path)

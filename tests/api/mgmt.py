@@ -14,18 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
-
-from app.auth import passwords
 from tests.conftest import ADMIN_PASSWORD, Proxy
 
 VIEWER_PASSWORD = "viewer-password-for-tests"
 
-
-@pytest.fixture(autouse=True)
-def fast_bcrypt(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Cheap password hashes for test users (import this fixture into a test module to use it)."""
-    monkeypatch.setattr(passwords, "BCRYPT_ROUNDS", 4)
 
 
 @dataclass

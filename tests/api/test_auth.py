@@ -10,14 +10,8 @@ import time
 import jwt
 import pytest
 
-from app.auth import passwords
 from app.auth.jwt_tokens import ACCESS_TTL, LEEWAY, REFRESH_TTL
 from tests.conftest import ADMIN_PASSWORD, JWT_SECRET
-
-
-@pytest.fixture(autouse=True)
-def fast_bcrypt(monkeypatch):
-    monkeypatch.setattr(passwords, "BCRYPT_ROUNDS", 4)
 
 
 class Clock:

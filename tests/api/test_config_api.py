@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.config import RoutingConfig
-from tests.api.mgmt import admin, eventually, fast_bcrypt, viewer  # noqa: F401 (fast_bcrypt: autouse fixture)
+from tests.api.mgmt import admin, eventually, viewer
 
 DEFAULTS = RoutingConfig().to_json()
 

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
-from app.auth import passwords
 from tests.conftest import ADMIN_PASSWORD
 
 CONSOLE = "https://console.example.com"
 EVIL = "https://evil.example.net"
 
-
-@pytest.fixture(autouse=True)
-def fast_bcrypt(monkeypatch):
-    monkeypatch.setattr(passwords, "BCRYPT_ROUNDS", 4)
 
 
 def preflight(origin: str, method: str = "POST", headers: str = "authorization, content-type") -> dict[str, str]:

@@ -15,7 +15,7 @@ from tornado import web
 from app.api import docs
 from app.api.base import BaseHandler, ManagementHandler
 from app.server import build_application
-from tests.api.mgmt import admin, fast_bcrypt  # noqa: F401 (fast_bcrypt: autouse fixture)
+from tests.api.mgmt import admin
 from tests.conftest import ndjson
 
 TAG_NAMES = {tag["name"] for tag in docs.TAGS}

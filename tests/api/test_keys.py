@@ -7,14 +7,9 @@ import json
 
 import pytest
 
-from app.auth import passwords, service
+from app.auth import service
 from app.store import backend, connect
 from tests.conftest import ADMIN_PASSWORD
-
-
-@pytest.fixture(autouse=True)
-def fast_bcrypt(monkeypatch):
-    monkeypatch.setattr(passwords, "BCRYPT_ROUNDS", 4)
 
 
 def bearer(token: str) -> dict[str, str]:

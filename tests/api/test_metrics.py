@@ -7,7 +7,7 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.mgmt import admin, fast_bcrypt, viewer  # noqa: F401 (fast_bcrypt: autouse fixture)
+from tests.api.mgmt import admin, viewer
 from tests.conftest import ndjson, sse
 
 

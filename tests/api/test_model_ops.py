@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from app.fleet.model_ops import ModelOps, NodeResult, PullProgress
-from tests.api.mgmt import admin, fast_bcrypt, viewer  # noqa: F401 (fast_bcrypt: autouse fixture)
+from tests.api.mgmt import admin, viewer
 from tests.conftest import ndjson
 
 

@@ -14,7 +14,7 @@ from app.config import RoutingConfig
 from app.fleet.pool import Fleet
 from app.fleet.sync import SyncWatcher
 from app.store import StoreUnavailable, backend, connect
-from tests.api.mgmt import admin, eventually, fast_bcrypt  # noqa: F401 (fast_bcrypt: autouse fixture)
+from tests.api.mgmt import admin, eventually
 
 FAKE_URL = "mongodb://db.example:27017/aivonx"
 

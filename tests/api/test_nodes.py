@@ -10,7 +10,7 @@ import pytest
 
 from app.logs import setup_logging, stop_logging
 from app.store import StoreUnavailable
-from tests.api.mgmt import admin, eventually, fast_bcrypt, viewer  # noqa: F401 (fast_bcrypt: autouse fixture)
+from tests.api.mgmt import admin, eventually, viewer
 
 SECRET = "s3cr3t-node-token-7f1c9e"
 

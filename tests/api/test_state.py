@@ -11,7 +11,7 @@ from tornado.iostream import IOStream
 from tornado.tcpclient import TCPClient
 
 from app.api.state import EventsHandler
-from tests.api.mgmt import admin, eventually, fast_bcrypt, strict_json, viewer  # noqa: F401 (autouse fixture)
+from tests.api.mgmt import admin, eventually, strict_json, viewer
 
 
 def _finite_everywhere(value) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from app.fleet.usage import UsageRecorder
 from app.server import stop_services
 from app.store import StoreUnavailable
-from tests.api.mgmt import admin, eventually, fast_bcrypt, viewer  # noqa: F401 (fast_bcrypt: autouse fixture)
+from tests.api.mgmt import admin, eventually, viewer
 from tests.conftest import ndjson, sse
 
 REQUEST_FIELDS = {"time", "request_id", "client", "method", "path", "model", "node", "status", "ttfb_ms",

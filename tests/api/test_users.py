@@ -6,13 +6,7 @@ import json
 
 import pytest
 
-from app.auth import passwords
 from tests.conftest import ADMIN_PASSWORD
-
-
-@pytest.fixture(autouse=True)
-def fast_bcrypt(monkeypatch):
-    monkeypatch.setattr(passwords, "BCRYPT_ROUNDS", 4)
 
 
 def bearer(token: str) -> dict[str, str]:
