@@ -183,28 +183,14 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
-def cpu_busy(cpu: str | None) -> float:
-    """Seconds one CPU (all CPUs when ``None``) spent running processes or stolen by the hypervisor
-    since boot (/proc/stat user + nice + system + steal; interrupts are our own network traffic)."""
-    name = "cpu" if cpu is None else f"cpu{cpu}"
-    for line in Path("/proc/stat").read_text().splitlines():
-        parts = line.split()
-        if parts and parts[0] == name:
-            values = [int(v) for v in parts[1:9]] + [0] * 8
-            return (values[0] + values[1] + values[2] + values[7]) / CLK_TCK
-    return 0.0
-
-
-def session_cpu(sessions: set[int]) -> float:
-    """CPU seconds of every process in the given sessions (ours: each child leads its own)."""
+def run_wait(pids: list[int]) -> float:
+    """Seconds the processes' main threads were runnable but waiting for a CPU (/proc/PID/schedstat):
+    what other processes on the machine (or the process's own other threads) took from them."""
     total = 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[3]) in sessions:
-                    total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 def children_of(pid: int) -> list[int]:
@@ -994,7 +980,7 @@ class Bench:
         self.pyspy = shutil.which("py-spy") if profile else None
         self.results: dict[str, Any] = {}
         self.warnings: list[str] = []
-        self.foreign: list[float] = []
+        self.waits: list[float] = []
         self.cpu_of: dict[int, str | None] = {}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIVONX_")}
         self.env["PYTHONPATH"] = str(REPO) + os.pathsep + self.env.get("PYTHONPATH", "")
@@ -1176,7 +1162,7 @@ class Bench:
         start = t0 + spec.get("warmup", 0.0) if closed_loop else t0
         _sleep_to(start)
         cpu0 = cpu_seconds(watch)
-        load0 = self._load_sample()
+        wait0 = run_wait(watch)
         rss: list[int] = []
         if closed_loop:
             end = start + spec["duration"]
@@ -1186,17 +1172,14 @@ class Bench:
                 time.sleep(min(0.2, max(0.0, end - time.monotonic())))
             cpu1 = cpu_seconds(watch)
             elapsed = spec["duration"]
-            foreign = self._foreign(load0, elapsed)
         else:
-            workers_cpu0 = cpu_seconds([w.pid for w in workers])
             while any(w.poll() is None for w in workers):
                 if rss_pid:
                     rss.append(rss_bytes([rss_pid]))
                 time.sleep(0.1)
             cpu1 = cpu_seconds(watch)
             elapsed = time.monotonic() - start
-            after = self._load_sample()
-            foreign = None
+        waited = r((run_wait(watch) - wait0) / elapsed, 3) if watch else None
         outputs = []
         for i, proc in enumerate(workers):
             try:
@@ -1207,27 +1190,9 @@ class Bench:
             if proc.returncode != 0 or not result.exists():
                 raise RuntimeError(f"load generator failed ({proc.returncode}):\n{self.log_tail(f'loadgen-{i}')}")
             outputs.append(json.loads(result.read_text()))
-        if not closed_loop and spec["mode"] == "stream":
-            ours = (after[1] - load0[1]) + (after[2] - load0[2])
-            if self.layout.proxy is None:
-                # Not pinned: the generator counts too, and it has exited: its CPU from its own report.
-                ours += workers_cpu0 + sum(o["cpu"] for o in outputs)
-            foreign = r(max(0.0, (after[0] - load0[0]) - ours) / elapsed, 3)
-        if foreign is not None and watch and self.cpu_of.get(watch[0], "-") == self.layout.proxy:
-            self.foreign.append(foreign)  # a path through the proxy's CPU
-        return outputs, {"cpu": cpu1 - cpu0, "elapsed": elapsed, "rss": rss, "foreign_cpus": foreign}
-
-    def _load_sample(self) -> tuple[float, float, float]:
-        """Busy time of the proxy's CPU, and ours on it (all CPUs when not pinned)."""
-        cpu = self.layout.proxy
-        sessions = {p.pid for p in self.procs if cpu is None or self.cpu_of.get(p.pid) == cpu}
-        return cpu_busy(cpu), session_cpu(sessions), time.process_time()
-
-    def _foreign(self, before: tuple[float, float, float], elapsed: float) -> float:
-        """Share of the proxy's CPU that processes not ours took during a window (all CPUs if not pinned)."""
-        after = self._load_sample()
-        ours = (after[1] - before[1]) + (after[2] - before[2])
-        return r(max(0.0, (after[0] - before[0]) - ours) / elapsed, 3)
+        if waited is not None and self.cpu_of.get(watch[0], "-") == self.layout.proxy:
+            self.waits.append(waited)  # a path through the proxy's CPU
+        return outputs, {"cpu": cpu1 - cpu0, "elapsed": elapsed, "rss": rss, "cpu_wait": waited}
 
     # -- section 1 --------------------------------------------------------------------------------
 
@@ -1270,7 +1235,7 @@ class Bench:
                     "loadgen_cpu_us_per_req": r(gen_cpu / n * 1e6, 1) if n else None,
                     "loadgen_util": r(gen_cpu / m["elapsed"], 3),
                     "errors": sum(errors.values()), "error_kinds": dict(errors),
-                    "other_load_cpus": None if label == "direct" else m["foreign_cpus"],
+                    "cpu_wait": None if label == "direct" else m["cpu_wait"],
                 }
                 rows.append(row)
                 print(f"  c={c:<4} {label:<7} {row['rps']:>9} req/s  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms  "
@@ -1342,7 +1307,7 @@ class Bench:
                     "loadgen_cpu_us_per_token": r(gen_cpu / tokens * 1e6, 2) if tokens else None,
                     "streams_total": streams, "streams_done": sum(o["ok"] for o in outs),
                     "failures": sum(failures.values()), "failure_kinds": dict(failures),
-                    "other_load_cpus": None if label == "direct" else m["foreign_cpus"],
+                    "cpu_wait": None if label == "direct" else m["cpu_wait"],
                 }
                 rows.append(row)
                 print(f"  {c:>4} streams {label:<7} {row['tokens_per_s']:>9} tok/s  TTFT p50 {row['ttft_p50_ms']} ms "
@@ -1432,7 +1397,7 @@ class Bench:
                 "cpu_us_per_token": None if label == "direct" or not tokens else r(m["cpu"] / tokens * 1e6, 2),
                 "cpu_util": None if label == "direct" else r(m["cpu"] / m["elapsed"], 3),
                 "streams_done": sum(o["ok"] for o in outs), "errors": sum(failures.values()),
-                "error_kinds": dict(failures), "other_load_cpus": None if label == "direct" else m["foreign_cpus"],
+                "error_kinds": dict(failures), "cpu_wait": None if label == "direct" else m["cpu_wait"],
             }
             if label == "proxy":
                 row["rss_before_mb"] = r(rss_before / 2**20, 1)
@@ -1646,12 +1611,11 @@ class Bench:
             timed("routing", self.section_routing)
         if 5 in sections:
             timed("memory", self.section_memory)
-        if self.foreign:
-            self.results["other_load"] = {"mean_cpus": r(mean(self.foreign), 3), "max_cpus": r(max(self.foreign), 3)}
-            if max(self.foreign) > 0.15:
-                self.warn(f"other processes took up to {max(self.foreign):.0%} of the proxy's CPU during "
-                          f"measurement windows (mean {mean(self.foreign):.0%}): this machine was not quiet, "
-                          "figures are pessimistic")
+        if self.waits:
+            self.results["cpu_wait"] = {"mean": r(mean(self.waits), 3), "max": r(max(self.waits), 3)}
+            if max(self.waits) > 0.1:
+                self.warn(f"the measured process waited for its CPU up to {max(self.waits):.0%} of a measurement "
+                          f"window (mean {mean(self.waits):.0%}): the machine was not quiet, figures are pessimistic")
         self.results["targets"] = evaluate_targets(self.results)
         for target in self.results["targets"]:
             if target["pass"] is False and target.get("kind") == "check":
@@ -1892,21 +1856,22 @@ def markdown(res: dict[str, Any]) -> str:
     meta = res["meta"]
     lines = [f"# Aivonx Proxy benchmark{' (quick: numbers meaningless)' if meta['quick'] else ''}", "",
              f"{meta['started']}, {meta['seconds']} s; Python {meta['python']}; {meta['layout']['note']}."]
-    if res.get("other_load"):
-        load = res["other_load"]
-        lines.append(f"Share of the proxy's CPU taken by other processes on the machine during the measurement "
-                     f"windows (\"other load\"): {load['mean_cpus']:.0%} on average, {load['max_cpus']:.0%} at most.")
+    if res.get("cpu_wait"):
+        wait = res["cpu_wait"]
+        lines.append(f"\"CPU wait\": share of a measurement window in which the measured process was runnable but "
+                     f"waited for its CPU (other processes on the machine, or its own other threads): "
+                     f"{wait['mean']:.1%} on average, {wait['max']:.1%} at most.")
     lines.append("")
     small = res.get("small")
     if small:
         lines += [f"## 1. Small requests (non-streaming `/api/generate`, {small['reply_bytes']}-byte reply)", ""]
         lines += _table(
             ["path", "clients", "req/s", "p50 ms", "p99 ms", "added p50 ms", "CPU µs/req", "CPU ÷ nginx",
-             "CPU ÷ curl relay", "errors", "other load"],
+             "CPU ÷ curl relay", "errors", "CPU wait"],
             [[x["path"], x["concurrency"], x["rps"], x["p50_ms"], x["p99_ms"], x.get("added_p50_ms"),
               x["cpu_us_per_req"], _ratio(x, small["rows"], "cpu_us_per_req", concurrency=x["concurrency"]),
               _ratio(x, small["rows"], "cpu_us_per_req", ref="curl-relay", concurrency=x["concurrency"]),
-              x["errors"], x.get("other_load_cpus")] for x in small["rows"]])
+              x["errors"], x.get("cpu_wait")] for x in small["rows"]])
         gen = [x["loadgen_cpu_us_per_req"] for x in small["rows"] if x["path"] == "direct"]
         lines += ["", f"Load generator cost: {', '.join(_fmt(g) for g in gen)} µs CPU per request (direct runs)."]
         if small.get("wrk"):
@@ -1920,12 +1885,12 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [f"## 2. Streaming relay ({streams['tokens_per_stream']} tokens per stream, fast node)", ""]
         lines += _table(
             ["path", "streams", "tokens/s", "TTFT p50 ms", "TTFT p99 ms", "TTFT added p50 ms", "CPU µs/token",
-             "CPU ÷ nginx", "CPU ÷ curl relay", "done/streams", "other load"],
+             "CPU ÷ nginx", "CPU ÷ curl relay", "done/streams", "CPU wait"],
             [[x["path"], x["streams"], x["tokens_per_s"], x["ttft_p50_ms"], x["ttft_p99_ms"],
               x.get("ttft_added_p50_ms"), x["cpu_us_per_token"],
               _ratio(x, streams["rows"], "cpu_us_per_token", streams=x["streams"]),
               _ratio(x, streams["rows"], "cpu_us_per_token", ref="curl-relay", streams=x["streams"]),
-              f"{x['streams_done']}/{x['streams_total']}", x.get("other_load_cpus")] for x in streams["rows"]])
+              f"{x['streams_done']}/{x['streams_total']}", x.get("cpu_wait")] for x in streams["rows"]])
         lines.append("")
     long = res.get("long")
     if long:
@@ -1934,11 +1899,11 @@ def markdown(res: dict[str, Any]) -> str:
                   f"tokens/s, starts spread over {long['ramp_s']:g} s)", ""]
         lines += _table(
             ["path", "pacing ms", "gap p50 ms", "gap p99 ms", "gap max ms", "TTFT p99 ms", "CPU µs/token", "RSS MB",
-             "done", "errors", "other load"],
+             "done", "errors", "CPU wait"],
             [[x["path"], x["pacing_ms"], x["gap_p50_ms"], x["gap_p99_ms"], x["gap_max_ms"], x["ttft_p99_ms"],
               x["cpu_us_per_token"],
               f"{_fmt(x.get('rss_before_mb'))} → {_fmt(x.get('rss_peak_mb'))}" if x.get("rss_peak_mb") else None,
-              f"{x['streams_done']}/{x['streams']}", x["errors"], x.get("other_load_cpus")] for x in long["rows"]])
+              f"{x['streams_done']}/{x['streams']}", x["errors"], x.get("cpu_wait")] for x in long["rows"]])
         lines.append("")
     routing = res.get("routing")
     if routing:
