@@ -1,4 +1,4 @@
-"""Who is calling: logins, tokens, sessions, API tokens, gateway keys and users.
+"""Who is calling: logins, tokens, sessions, API tokens and gateway keys.
 
 Handlers stay thin and call :class:`AuthService`, which holds the logic and the
 in-memory state (throttle, caches). Credentials it understands:
@@ -17,16 +17,15 @@ in-memory state (throttle, caches). Credentials it understands:
   methods must echo that token in ``X-XSRFToken``; Bearer requests need none
   (a browser never adds an Authorization header on its own).
 
-Secrets never leave this module except a new key's value (returned once) and
+User administration and key administration are mixins in ``user_admin.py`` and
+``key_admin.py``. Secrets never leave these modules except a new key's value (returned once) and
 the tokens a login issues; none is ever logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
-import re
 import secrets
 import time
 from collections import OrderedDict
@@ -49,23 +48,17 @@ from app.auth.jwt_tokens import (
     TokenInvalid,
     TokenSigner,
 )
+from app.auth.key_admin import KeyAdmin, hash_token
 from app.auth.throttle import LoginThrottle
+from app.auth.user_admin import UserAdmin, _gen, _in_thread, public_user
 from app.logs import app_log
-from app.store import DuplicateKey, StoreUnavailable
+from app.store import StoreUnavailable
 
-ROLES = ("admin", "viewer")
-KINDS = ("api", "gateway")
-# Visible token prefixes: people (and secret scanners) can tell what a leaked string is.
-KEY_PREFIX = {"api": "avx_", "gateway": "avx_gw_"}
 SESSION_COOKIE = "aivonx_session"
 XSRF_COOKIE = "aivonx_xsrf"
 XSRF_HEADER = "X-XSRFToken"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-MAX_NAME_LENGTH = 100
-# A gateway key's optional limits (enforced per proxy process, see app/fleet/limits.py): name → range, meaning.
-KEY_LIMITS = {"rpm": (1, 1_000_000, "requests per minute"), "tpd": (1, 10**12, "tokens per day")}
 
 # How long a user record is trusted from memory before it is read again.
 USER_CACHE_TTL = 30.0
@@ -112,35 +105,12 @@ class Session:
     expires_in: int
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def _iso(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
-def public_user(user: dict[str, Any]) -> dict[str, Any]:
-    """What clients may see of a user: never the hash, never the token generation."""
-    return {"id": user["id"], "username": user["username"], "role": user["role"],
-            "created_at": _iso(user.get("created_at")), "updated_at": _iso(user.get("updated_at"))}
-
-
-def public_key(record: dict[str, Any], username: str | None) -> dict[str, Any]:
-    """What clients may see of an API token or gateway key (never the secret or its hash)."""
-    return {"id": record["id"], "name": record.get("name"), "kind": record.get("kind"),
-            "prefix": record.get("prefix"), "user_id": record.get("user_id"), "username": username,
-            "created_at": _iso(record.get("created_at")), "last_used_at": _iso(record.get("last_used_at")),
-            "revoked": bool(record.get("revoked")), "revoked_at": _iso(record.get("revoked_at")),
-            "rpm": record.get("rpm"), "tpd": record.get("tpd")}
-
-
 def unauthorized(message: str) -> ApiError:
     return ApiError(401, message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
 
-class AuthService:
-    """Authentication and user management for one proxy process."""
+class AuthService(UserAdmin, KeyAdmin):
+    """Authentication (and, through its mixins, user and key administration) for one proxy process."""
 
     def __init__(self, store: Any, secret: str, get_config: Callable[[], Any], *,
                  clock: Callable[[], float] = time.time):
@@ -324,91 +294,6 @@ class AuthService:
         app_log().info("user %r changed their password", user["username"])
         return updated
 
-    # ----------------------------------------------------------------------- users
-
-    async def list_users(self) -> list[dict[str, Any]]:
-        return [public_user(u) for u in await self.store.users.list()]
-
-    async def get_user(self, user_id: str) -> dict[str, Any]:
-        user = await self.store.users.get(user_id)
-        if user is None:
-            raise ApiError(404, f"no user with id {user_id!r}")
-        return public_user(user)
-
-    async def create_user(self, body: dict[str, Any]) -> dict[str, Any]:
-        errors = _unknown(body, {"username", "password", "role"})
-        username = body.get("username")
-        role = body.get("role", "viewer")
-        _check_username(username, errors)
-        _check_role(role, errors)
-        _check_password(body.get("password"), errors, required=True)
-        if errors:
-            raise ApiError(400, "invalid user", fields=errors)
-        password_hash = await _in_thread(passwords.hash_password, body["password"])
-        try:
-            user = await self.store.users.create(username, password_hash, role)
-        except DuplicateKey:
-            raise ApiError(409, f"a user named {username!r} already exists",
-                           fields={"username": "already taken"}) from None
-        app_log().info("created user %r with role %s", user["username"], role)
-        return public_user(user)
-
-    async def update_user(self, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Change role, username, or reset the password (which ends the user's sessions)."""
-        errors = _unknown(body, {"username", "password", "role"})
-        if "username" in body:
-            _check_username(body["username"], errors)
-        if "role" in body:
-            _check_role(body["role"], errors)
-        if "password" in body:
-            _check_password(body["password"], errors, required=True)
-        if errors:
-            raise ApiError(400, "invalid user", fields=errors)
-        async with self._admin_lock:
-            user = await self.store.users.get(user_id)
-            if user is None:
-                raise ApiError(404, f"no user with id {user_id!r}")
-            fields: dict[str, Any] = {k: body[k] for k in ("username", "role") if k in body}
-            if user["role"] == "admin" and fields.get("role", "admin") != "admin":
-                await self._keep_an_admin("demote")
-            if "password" in body:
-                fields["password_hash"] = await _in_thread(passwords.hash_password, body["password"])
-                fields["token_gen"] = _gen(user) + 1
-            if not fields:
-                return public_user(user)
-            try:
-                updated = await self.store.users.update(user_id, fields)
-            except DuplicateKey:
-                raise ApiError(409, f"a user named {body.get('username')!r} already exists",
-                               fields={"username": "already taken"}) from None
-        self._users.pop(user_id, None)
-        if updated is None:
-            raise ApiError(404, f"no user with id {user_id!r}")
-        changed = ", ".join("password" if k == "password_hash" else k for k in fields if k != "token_gen")
-        app_log().info("updated user %r: %s", updated["username"], changed)
-        return public_user(updated)
-
-    async def delete_user(self, user_id: str) -> dict[str, Any]:
-        """Delete a user and revoke their API tokens and gateway keys; never the last admin."""
-        async with self._admin_lock:
-            user = await self.store.users.get(user_id)
-            if user is None:
-                raise ApiError(404, f"no user with id {user_id!r}")
-            if user["role"] == "admin":
-                await self._keep_an_admin("delete")
-            await self.store.users.delete(user_id)
-        self._users.pop(user_id, None)
-        for record in await self.store.tokens.list(user_id):
-            if not record.get("revoked"):
-                await self.store.tokens.revoke(record["id"])
-                self._forget_token(record["id"])
-        app_log().info("deleted user %r", user["username"])
-        return public_user(user)
-
-    async def _keep_an_admin(self, action: str) -> None:
-        if await self.store.users.count("admin") <= 1:
-            raise ApiError(409, f"cannot {action} the last admin; make another user admin first")
-
     async def _set_password(self, user: dict[str, Any], new: str) -> dict[str, Any]:
         password_hash = await _in_thread(passwords.hash_password, new)
         updated = await self.store.users.update(user["id"], {"password_hash": password_hash,
@@ -417,79 +302,6 @@ class AuthService:
         if updated is None:
             raise unauthorized("this user no longer exists")
         return updated
-
-    # ----------------------------------------------------------------------- API tokens and gateway keys
-
-    async def create_key(self, body: dict[str, Any], caller: Principal) -> tuple[str, dict[str, Any]]:
-        """A new API token or gateway key; its secret is returned here and never again."""
-        errors = _unknown(body, {"name", "kind", "user_id", *KEY_LIMITS})
-        name = body.get("name")
-        kind = body.get("kind", "api")
-        user_id = body.get("user_id", caller.user_id)
-        _check_key_name(name, errors)
-        if kind not in KINDS:
-            errors["kind"] = f"must be one of {', '.join(KINDS)}"
-        limits = _key_limits(body, errors, kind)
-        user = None
-        if not isinstance(user_id, str) or not user_id:
-            errors["user_id"] = "must be the id of a user"
-        else:
-            user = await self.store.users.get(user_id)
-            if user is None:
-                errors["user_id"] = "no such user"
-        if errors or user is None:
-            raise ApiError(400, "invalid key", fields=errors)
-        secret = KEY_PREFIX[kind] + secrets.token_urlsafe(32)
-        prefix = secret[:len(KEY_PREFIX[kind]) + 6]
-        record = await self.store.tokens.create(user["id"], name.strip(), hash_token(secret), prefix, kind,
-                                                limits=limits)
-        app_log().info("created %s key %s (%r) for user %r", kind, prefix, record["name"], user["username"])
-        return secret, public_key(record, user["username"])
-
-    async def list_keys(self, user_id: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
-        if kind is not None and kind not in KINDS:
-            raise ApiError(400, f"kind must be one of {', '.join(KINDS)}", fields={"kind": "unknown kind"})
-        names = {u["id"]: u["username"] for u in await self.store.users.list()}
-        records = await self.store.tokens.list(user_id)
-        return [public_key(r, names.get(r["user_id"])) for r in records if kind is None or r.get("kind") == kind]
-
-    async def get_key(self, key_id: str) -> dict[str, Any]:
-        for record in await self.list_keys():
-            if record["id"] == key_id:
-                return record
-        raise ApiError(404, f"no key with id {key_id!r}")
-
-    async def update_key(self, key_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Rename a key or change a gateway key's ``rpm``/``tpd`` (``null`` removes a limit).
-
-        Applies at once on this process (the cached key is dropped) and within seconds on
-        others (the change counter moves).
-        """
-        errors = _unknown(body, {"name", *KEY_LIMITS})
-        current = await self.get_key(key_id)
-        fields: dict[str, Any] = _key_limits(body, errors, current["kind"])
-        if "name" in body:
-            _check_key_name(body["name"], errors)
-            if "name" not in errors:
-                fields["name"] = body["name"].strip()
-        if errors:
-            raise ApiError(400, "invalid key", fields=errors)
-        if fields:
-            if await self.store.tokens.update(key_id, fields) is None:
-                raise ApiError(404, f"no key with id {key_id!r}")
-            self._forget_token(key_id)
-            app_log().info("changed %s key %s: %s", current["kind"], current["prefix"],
-                           ", ".join(f"{k}={v}" for k, v in sorted(fields.items()) if k != "name")
-                           or "name")
-        return await self.get_key(key_id)
-
-    async def revoke_key(self, key_id: str) -> dict[str, Any]:
-        await self.get_key(key_id)
-        await self.store.tokens.revoke(key_id)
-        self._forget_token(key_id)
-        record = await self.get_key(key_id)
-        app_log().info("revoked %s key %s", record["kind"], record["prefix"])
-        return record
 
     # ----------------------------------------------------------------------- life cycle
 
@@ -708,63 +520,7 @@ def check_xsrf(handler: Any, principal: Principal) -> None:
                             f"in the {XSRF_HEADER} header")
 
 
-def _gen(user: dict[str, Any]) -> int:
-    value = user.get("token_gen", 0)
-    return value if isinstance(value, int) else 0
-
-
 def _dt(epoch: int) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-async def _in_thread(func: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.get_running_loop().run_in_executor(None, func, *args)
-
-
-def _unknown(body: dict[str, Any], allowed: set[str]) -> dict[str, str]:
-    return {key: "unknown field" for key in body if key not in allowed}
-
-
-def _check_username(value: Any, errors: dict[str, str]) -> None:
-    if not isinstance(value, str) or not value:
-        errors["username"] = "a username is required"
-    elif not USERNAME_RE.match(value):
-        errors["username"] = ("1-64 characters: letters, digits and . _ @ -, "
-                              "starting with a letter or digit")
-
-
-def _check_key_name(name: Any, errors: dict[str, str]) -> None:
-    if not isinstance(name, str) or not name.strip():
-        errors["name"] = "a name is required (what the key is for)"
-    elif len(name.strip()) > MAX_NAME_LENGTH:
-        errors["name"] = f"at most {MAX_NAME_LENGTH} characters"
-
-
-def _key_limits(body: dict[str, Any], errors: dict[str, str], kind: Any) -> dict[str, int | None]:
-    """The ``rpm``/``tpd`` fields present in ``body``, validated (``null`` = no limit)."""
-    limits: dict[str, int | None] = {}
-    for name, (low, high, meaning) in KEY_LIMITS.items():
-        if name not in body:
-            continue
-        value = body[name]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
-            errors[name] = f"must be null (no limit) or an integer from {low} to {high} ({meaning})"
-        elif value is not None and kind != "gateway":
-            errors[name] = "limits apply to gateway keys only"
-        else:
-            limits[name] = value
-    return limits
-
-
-def _check_role(value: Any, errors: dict[str, str]) -> None:
-    if value not in ROLES:
-        errors["role"] = f"must be one of {', '.join(ROLES)}"
-
-
-def _check_password(value: Any, errors: dict[str, str], *, required: bool) -> None:
-    if value is None and not required:
-        return
-    try:
-        passwords.check_password_rules(value)
-    except passwords.WeakPassword as exc:
-        errors["password"] = str(exc)
