@@ -9,11 +9,15 @@ its numbers mean nothing.
 
 Sections
   1. small non-streaming ``/api/generate`` (~400-byte reply, fast simulated node) at concurrency
-     1, 32, 256: req/s, latency p50/p99, CPU of the proxy per request — direct, proxy, nginx;
+     1, 32, 256: req/s, latency p50/p99, CPU of the proxy per request — direct, proxy, nginx
+     (when installed), and the issue's baselines run here too: a bare Tornado relay on the curl
+     client (when pycurl is installed) and on the simple client;
   2. streaming relay, 64 and 512 concurrent streams of 200 tokens (and 1, for the TTFT overhead):
      tokens/s, time to first token, CPU per token; every stream must end with its done line;
   3. 1,000 concurrent streams of 100 tokens paced at 20 tokens/s: client-side gaps between tokens
-     against the node's own pacing (measured direct as well), proxy RSS, errors;
+     against the node's own pacing (measured direct as well), proxy RSS, errors. The node is a
+     minimal paced NDJSON server in this script: the simulator cannot pace 20,000 lines/s on the
+     core it shares with the load generator;
   4. routing quality: a heterogeneous fleet of paced nodes (speeds, slots, loaded models, seconds-long
      cold loads), one Poisson workload replayed for every strategy, and for "blind random" (each
      request sent straight to a node picked uniformly, no proxy: no load or loaded-model knowledge);
@@ -30,6 +34,9 @@ no per-request coroutine) in one or more worker processes (this script with ``--
 CPU time per request is measured and reported, and the script checks that the direct figures exceed
 the proxied ones — if they do not, the generator or the node may be the limit, and it says so loudly.
 When ``wrk`` is installed, small-request throughput at the middle concurrency is cross-checked with it.
+"CPU wait" (from /proc/PID/schedstat) tells how long the measured process was runnable but had no CPU:
+high values mean the machine was busy with other work and the figures are pessimistic.
+``--profile`` also records py-spy profiles of the proxy (small requests and streams, separate runs).
 """
 
 from __future__ import annotations
@@ -1351,7 +1358,7 @@ class Bench:
                                    start_new_session=True)
             self.procs.append(spy)
             try:
-                self.run_workers({**spec, "warmup": 0.0, "duration": seconds}, c, watch=proxy.pids)
+                self.run_workers({**spec, "warmup": 0.0, "duration": seconds}, c, watch=[])  # py-spy pauses it
                 spy.wait(30)
             finally:
                 self.stop(spy)
