@@ -8,7 +8,6 @@ live only in memory, so the hot path never touches the database.
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,7 +75,6 @@ class NodeState:
     requests_total: int = 0
     failures_total: int = 0
     recent_errors: deque[tuple[datetime, str]] = field(default_factory=lambda: deque(maxlen=RECENT_ERRORS))
-    status_since: float = field(default_factory=time.monotonic)
 
     # -- admin record ---------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from app.config import RoutingConfig
 from app.fleet import strategies
-from app.fleet.names import display_name, model_key
+from app.fleet.names import display_name
 from app.fleet.node import ACTIVE, STANDBY, NodeState
 
 
@@ -166,7 +166,6 @@ class Fleet:
 
     def _set_status(self, node: NodeState, status: str) -> None:
         node.status = status
-        node.status_since = time.monotonic()
         self.changed("status", {"id": node.id, "name": node.name, "status": status})
         if status == ACTIVE:
             self._pump()
@@ -331,5 +330,3 @@ def _record_differs(node: NodeState, record: dict[str, Any]) -> bool:
         or node.headers != dict(record.get("headers") or {})
     )
 
-
-__all__ = ["Fleet", "Lease", "NoCandidate", "model_key"]

@@ -96,14 +96,6 @@ class RelayFailed(Exception):
         self.content_type = content_type
 
 
-class _RetryableStatus(Exception):
-    def __init__(self, status: int, body: bytes, content_type: str):
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-
-
 class _Sink:
     """Receives one node's answer and decides when it is committed to the client."""
 
@@ -133,14 +125,10 @@ class _Sink:
         self.headers = {name: headers[name] for name in PASSED_HEADERS if name in headers}
         if status >= 500:
             self.retry_status = status
-        elif status >= 400 or self.req.framing == BUFFER:
-            pass
-        else:
-            return
-        # Errors and unstreamed answers are small: buffer them whole.
 
     def on_data(self, chunk: bytes) -> Awaitable[None] | None:
-        if self.retry_status is not None or self.status >= 400 or self.req.framing == BUFFER:
+        # Errors and unstreamed answers are small: buffer them whole.
+        if self.status >= 400 or self.req.framing == BUFFER:
             self.size += len(chunk)
             if self.size <= MAX_BUFFERED:
                 self.parts.append(chunk)
