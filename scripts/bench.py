@@ -3,6 +3,9 @@
 
     python scripts/bench.py [--quick] [--out DIR] [--no-nginx] [--sections 1,2,3,4,5] [--profile]
 
+Baselines it needs beyond the proxy: ``pip install -e '.[bench]'`` (pycurl for the bare curl relay,
+py-spy for ``--profile``) and Debian's ``nginx``; a missing one is skipped and reported.
+
 Writes ``DIR/bench.json`` and ``DIR/bench.md`` (default ``bench-results/``) and prints the table.
 ``--quick`` is a tiny configuration (seconds) for the test suite: it checks that everything runs,
 its numbers mean nothing.
@@ -1125,6 +1128,9 @@ class Bench:
             try:
                 import pycurl  # noqa: F401
             except ImportError:
+                if not self.quick:
+                    self.warn("pycurl is not installed: no bare curl relay baseline in this run "
+                              "(pip install -e '.[bench]')")
                 return None
         port = free_port()
         name = f"{client}-relay"
