@@ -69,7 +69,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "in_flight": {"type": "integer"},
             "queued": {"type": "integer"},
             "version": {"type": "string", "nullable": True},
-            "latency_ms": {"type": "object"},
+            "latency_ms": {"type": "object", "description": "probe round trip and time to first byte "
+                           "(moving average, per node and per model)"},
+            "tokens_per_second": {"type": "object", "description": "generation speed from the node's own "
+                                  "timing of its answers (moving average, per node and per model); "
+                                  "least_active weighs nodes by it"},
             "models": {"type": "array", "items": {"type": "object"}},
             "loaded_models": {"type": "array", "items": {"type": "object"}},
             "last_check": {"type": "string", "format": "date-time", "nullable": True},

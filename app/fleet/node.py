@@ -18,7 +18,7 @@ from app.fleet.names import try_model_key
 ACTIVE = "active"
 STANDBY = "standby"
 
-# Weight of the newest sample in the time-to-first-byte moving averages.
+# Weight of the newest sample in the moving averages (time to first byte, generation speed).
 EWMA_ALPHA = 0.3
 RECENT_ERRORS = 20
 
@@ -68,6 +68,8 @@ class NodeState:
     probe_duration: float | None = None  # seconds the last health check took (metrics)
     ttfb: float | None = None
     ttfb_by_model: dict[str, float] = field(default_factory=dict)
+    speed: float | None = None  # generated tokens per second, as the node reports them
+    speed_by_model: dict[str, float] = field(default_factory=dict)
     last_check: datetime | None = None
     last_error: str | None = None
     consecutive_failures: int = 0
@@ -118,12 +120,29 @@ class NodeState:
             return self.ttfb
         return self.probe_latency
 
+    def speed_estimate(self, key: str | None = None) -> float | None:
+        """Tokens per second we expect here: per model, then per node; ``None`` before any answer."""
+        if key is not None and key in self.speed_by_model:
+            return self.speed_by_model[key]
+        return self.speed
+
     # -- learning -------------------------------------------------------------------------------
 
     def record_ttfb(self, seconds: float, key: str | None) -> None:
         self.ttfb = _ewma(self.ttfb, seconds)
         if key is not None:
             self.ttfb_by_model[key] = _ewma(self.ttfb_by_model.get(key), seconds)
+
+    def record_speed(self, tokens_per_second: float, key: str | None) -> None:
+        self.speed = _ewma(self.speed, tokens_per_second)
+        if key is not None:
+            self.speed_by_model[key] = _ewma(self.speed_by_model.get(key), tokens_per_second)
+
+    def forget_measurements(self) -> None:
+        """A different server now answers at this node's address: what we learnt no longer holds."""
+        self.version = self.probe_latency = self.ttfb = self.speed = None
+        self.ttfb_by_model.clear()
+        self.speed_by_model.clear()
 
     def record_error(self, message: str) -> None:
         self.last_error = message
@@ -180,6 +199,10 @@ class NodeState:
                 "probe": finite(None if self.probe_latency is None else self.probe_latency * 1000, 2),
                 "ttfb": finite(None if self.ttfb is None else self.ttfb * 1000, 2),
                 "ttfb_by_model": {m: finite(v * 1000, 2) for m, v in self.ttfb_by_model.items()},
+            },
+            "tokens_per_second": {
+                "node": finite(self.speed, 1),
+                "by_model": {m: finite(v, 1) for m, v in self.speed_by_model.items()},
             },
             "models": [
                 {"name": m.name, "digest": m.digest, "size": m.size, "modified_at": m.modified_at}

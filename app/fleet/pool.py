@@ -87,8 +87,7 @@ class Fleet:
             if url_changed:
                 # A different server now: forget what we learnt about the old one.
                 node.status, node.checked, node.models, node.loaded = STANDBY, False, {}, {}
-                node.version = node.probe_latency = node.ttfb = None
-                node.ttfb_by_model.clear()
+                node.forget_measurements()
         self.changed("node", {"id": node.id})
         self._pump()
         return node

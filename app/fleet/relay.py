@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ BUFFER = "buffer"
 MAX_BUFFERED = 256 * 1024 * 1024
 # Response headers of a node that reach the client; everything else is hop-by-hop or ours.
 PASSED_HEADERS = ("Content-Type",)
+# Answers with fewer generated tokens teach nothing about a node's speed.
+MIN_SPEED_TOKENS = 8
 _DONE_MARKERS = (b'"done":true', b'"done": true', b'"status":"success"', b'"status": "success"')
 
 
@@ -191,6 +194,7 @@ class Relay:
                 finally:
                     lease.release()
                 if done is None:
+                    _learn_speed(lease.node, req.key, outcome.final)
                     return
                 last = done
                 tried.append(lease.node.id)
@@ -301,6 +305,23 @@ class Relay:
         # The client may be gone already; there is nothing more to tell it then.
         with contextlib.suppress(Exception):
             await sink.down.send(line)
+
+
+def _learn_speed(node: NodeState, key: str | None, final: dict[str, Any] | None) -> None:
+    """Feed the node's own timing of its answer (``eval_count`` over ``eval_duration``, in ns) to
+    the speed estimate that ``least_active`` weighs nodes by. Short answers say more about
+    overheads than about speed, and /v1 answers carry no timing: both teach nothing."""
+    if not final:
+        return
+    count, duration = final.get("eval_count"), final.get("eval_duration")
+    if type(count) is not int or type(duration) is not int or count < MIN_SPEED_TOKENS or duration <= 0:
+        return
+    try:
+        speed = count / (duration / 1e9)
+    except OverflowError:  # numbers no real node sends
+        return
+    if math.isfinite(speed):
+        node.record_speed(speed, key)
 
 
 def _complete_tail(pending: bytes, framing: str) -> bytes | None:

@@ -17,6 +17,8 @@ from app.fleet.node import NodeState
 # How many more in-flight requests a node with the model loaded may carry
 # before a node that would have to load it is considered instead.
 LOADED_BONUS = 2
+# least_active: scores this close to the best count as a tie (measured speeds jitter).
+TIE_TOLERANCE = 0.1
 # Seconds assumed for a node whose latency is unknown yet (optimistic, so new nodes get tried).
 UNKNOWN_LATENCY = 0.0
 
@@ -37,8 +39,25 @@ def _rotate(tied: Sequence[NodeState], turn: int) -> NodeState:
 
 
 def least_active(candidates: Sequence[NodeState], key: str, turn: int, rng: _random.Random) -> NodeState:
-    fewest = min(n.in_flight for n in candidates)
-    return _rotate([n for n in candidates if n.in_flight == fewest], turn)
+    """Fewest requests in flight, each node's count weighed by its measured generation speed.
+
+    Score = tokens per second ÷ (1 + in flight), highest wins: on a fleet of equal nodes, or before
+    any answer has been timed, that is plain "fewest in flight"; a node twice as fast as another
+    carries about twice its requests. Scores within :data:`TIE_TOLERANCE` of the best tie (speeds
+    are measurements, not constants) and ties rotate. A node not yet timed is assumed as fast as
+    the fastest, so it gets tried and measured.
+    """
+    speeds = {n.id: n.speed_estimate(key) for n in candidates}
+    known = [s for s in speeds.values() if s is not None]
+    prior = max(known) if known else 1.0
+
+    def score(node: NodeState) -> float:
+        speed = speeds[node.id]
+        return (prior if speed is None else speed) / (1 + node.in_flight)
+
+    scores = {n.id: score(n) for n in candidates}
+    best = max(scores.values())
+    return _rotate([n for n in candidates if scores[n.id] >= best * (1 - TIE_TOLERANCE)], turn)
 
 
 def lowest_latency(candidates: Sequence[NodeState], key: str, turn: int, rng: _random.Random) -> NodeState:

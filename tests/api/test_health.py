@@ -1,9 +1,13 @@
 """The health monitor: concurrent probes, hysteresis, passive marking, quick return of a node."""
 
 import asyncio
+import json
 import time
 
+import pytest
+
 from app.simulator import SimulatorOptions, start_simulator
+from tests.api.mgmt import viewer
 
 GEN = {"model": "llama3", "prompt": "x", "stream": False}
 
@@ -91,6 +95,35 @@ async def test_ttfb_moving_average_is_learnt_from_real_requests(env):
     assert state.ttfb is None
     await proxy.request("POST", "/api/generate", GEN)
     assert state.ttfb is not None and state.ttfb_by_model["llama3:latest"] > 0
+
+
+async def test_generation_speed_is_learnt_from_the_nodes_own_timing(env):
+    node = await env.node(tokens_per_second=40.0)
+    proxy = await env.proxy([node])
+    state = _state(proxy, node)
+    await proxy.request("POST", "/api/generate", {**GEN, "options": {"num_predict": 3}})
+    assert state.speed is None  # three tokens say nothing about speed
+    await proxy.request("POST", "/v1/chat/completions",
+                        {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16})
+    assert state.speed is None  # /v1 answers carry no timing
+    response = await proxy.request("POST", "/api/generate", {"model": "llama3", "prompt": "x",
+                                                              "options": {"num_predict": 16}})
+    assert response.code == 200 and response.body.count(b"\n") == 17  # streamed: 16 tokens + done
+    assert state.speed_by_model["llama3:latest"] == pytest.approx(40.0, rel=0.01)
+    shown = json.loads((await proxy.request("GET", "/api/proxy/state", headers=await viewer(proxy))).body)
+    assert shown["nodes"][0]["tokens_per_second"] == {"node": 40.0, "by_model": {"llama3:latest": 40.0}}
+
+
+async def test_least_active_sends_more_work_to_the_faster_node(env):
+    fast = await env.node(tokens_per_second=80.0)
+    slow = await env.node(tokens_per_second=10.0)
+    proxy = await env.proxy([fast, slow])
+    body = {"model": "llama3", "prompt": "x", "stream": False, "options": {"num_predict": 16}}
+    for _ in range(2):  # the first two requests rotate over the untimed nodes and time them both
+        await proxy.request("POST", "/api/generate", body)
+    assert _state(proxy, slow).speed == pytest.approx(10.0, rel=0.01)
+    served = [(await proxy.request("POST", "/api/generate", body)).headers.get("X-Aivonx-Node") for _ in range(4)]
+    assert served == [_state(proxy, fast).name] * 4
 
 
 async def test_health_interval_change_reschedules_the_monitor(env):

@@ -123,10 +123,13 @@ async def test_state_numbers_stay_finite_whatever_the_node_reported(env):
     node.probe_latency = float("nan")
     node.ttfb = float("inf")
     node.ttfb_by_model["llama3:latest"] = float("-inf")
+    node.speed = float("nan")
+    node.speed_by_model["llama3:latest"] = float("inf")
     response = await proxy.request("GET", "/api/proxy/state", headers=await admin(proxy))
     assert response.code == 200
-    shown = strict_json(response.body)["nodes"][0]["latency_ms"]
-    assert shown == {"probe": None, "ttfb": None, "ttfb_by_model": {"llama3:latest": None}}
+    shown = strict_json(response.body)["nodes"][0]
+    assert shown["latency_ms"] == {"probe": None, "ttfb": None, "ttfb_by_model": {"llama3:latest": None}}
+    assert shown["tokens_per_second"] == {"node": None, "by_model": {"llama3:latest": None}}
 
 
 async def test_state_and_active_requests_are_public_only_when_configured(env):

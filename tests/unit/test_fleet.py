@@ -39,6 +39,45 @@ def test_least_active_prefers_fewest_in_flight():
     assert {_pick(fleet) for _ in range(5)} == {"n2"}
 
 
+def _timed(fleet, speeds):
+    for node_id, speed in speeds.items():
+        fleet.nodes[node_id].record_speed(speed, "llama3:latest")
+
+
+def test_least_active_weighs_in_flight_by_measured_speed():
+    fleet = _fleet()
+    _timed(fleet, {"n0": 60.0, "n1": 30.0, "n2": 10.0})
+    assert {_pick(fleet) for _ in range(4)} == {"n0"}  # all idle: the fastest
+    fleet.nodes["n0"].in_flight = 1  # 60 / 2 = 30 / 1: a tie, which rotates
+    assert {_pick(fleet) for _ in range(4)} == {"n0", "n1"}
+    fleet.nodes["n0"].in_flight = 3  # 60 / 4 < 30 / 1
+    assert {_pick(fleet) for _ in range(4)} == {"n1"}
+    fleet.nodes["n0"].in_flight = 7  # 60 / 8 and 30 / 4 < 10 / 1: now the slowest, idle node wins
+    fleet.nodes["n1"].in_flight = 3
+    assert {_pick(fleet) for _ in range(4)} == {"n2"}
+
+
+def test_least_active_treats_near_equal_speeds_as_a_tie():
+    fleet = _fleet()
+    _timed(fleet, {"n0": 30.0, "n1": 31.5, "n2": 29.0})
+    picks = [_pick(fleet) for _ in range(9)]
+    assert sorted(picks.count(n) for n in ("n0", "n1", "n2")) == [3, 3, 3]
+
+
+def test_least_active_tries_an_untimed_node_as_if_it_were_the_fastest():
+    fleet = _fleet()
+    _timed(fleet, {"n0": 60.0, "n1": 10.0})
+    assert {_pick(fleet) for _ in range(4)} == {"n0", "n2"}
+
+
+def test_least_active_uses_the_node_speed_for_a_model_not_yet_timed_there():
+    fleet = _fleet(models=("llama3:latest", "phi3:latest"))
+    fleet.nodes["n0"].record_speed(90.0, "llama3:latest")
+    fleet.nodes["n1"].record_speed(20.0, "phi3:latest")
+    fleet.nodes["n2"].record_speed(10.0, "phi3:latest")
+    assert {_pick(fleet, "phi3:latest") for _ in range(3)} == {"n0"}
+
+
 def test_round_robin_cycles():
     fleet = _fleet(strategy="round_robin")
     picks = [_pick(fleet) for _ in range(6)]

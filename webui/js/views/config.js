@@ -5,7 +5,7 @@ import { append, h } from "../dom.js";
 import { errorState, makeForm, pageHeader, showApiError, toast } from "../ui.js";
 
 const STRATEGIES = [
-  ["least_active", "least_active — fewest requests in flight"],
+  ["least_active", "least_active — fewest requests in flight, weighed by measured speed"],
   ["lowest_latency", "lowest_latency — fastest time to first byte"],
   ["round_robin", "round_robin — take turns"],
   ["random", "random"],

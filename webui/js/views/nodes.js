@@ -192,8 +192,10 @@ export function nodeDetailView(root, ctx, nodeId) {
       return;
     }
     const latency = node.latency_ms || {};
+    const speed = node.tokens_per_second || {};
     const errors = [...(node.recent_errors || [])].reverse();
-    const byModel = Object.entries(latency.ttfb_by_model || {});
+    const speedByModel = speed.by_model || {};
+    const byModel = [...new Set([...Object.keys(latency.ttfb_by_model || {}), ...Object.keys(speedByModel)])].sort();
     replaceKeepingFocus(content,
       pageHeader(node.name, h("span", { class: "badges" }, nodeBadges(node))),
       ctx.admin ? nodeActions(node, busy, { after: () => ctx.navigate("nodes") }) : null,
@@ -201,6 +203,7 @@ export function nodeDetailView(root, ctx, nodeId) {
         h("dt", {}, "Address"), h("dd", { class: "url" }, node.url),
         h("dt", {}, "Version"), h("dd", {}, node.version || "—"),
         h("dt", {}, "Latency"), h("dd", {}, `probe ${fmt.ms(latency.probe)} · first byte ${fmt.ms(latency.ttfb)}`),
+        h("dt", {}, "Speed"), h("dd", {}, speed.node == null ? "—" : `${speed.node} tokens/s`),
         h("dt", {}, "In flight"), h("dd", {}, `${node.in_flight}${node.max_concurrency ? ` / ${node.max_concurrency}` : ""}`,
           ` · queued ${node.queued}`),
         h("dt", {}, "Requests"), h("dd", {}, `${node.requests_total} · failures ${node.failures_total}`,
@@ -224,8 +227,10 @@ export function nodeDetailView(root, ctx, nodeId) {
           h("tbody", {}, node.loaded_models.map((m) => h("tr", {},
             cell("Name", m.name), cell("VRAM", fmt.bytes(m.size_vram)), cell("Unloads", fmt.dateTime(m.expires_at))))))
           : h("p", { class: "muted" }, "No model is loaded in memory.")),
-      byModel.length ? h("section", { class: "card" }, h("h2", {}, "Time to first byte by model"),
-        h("ul", { class: "plain" }, byModel.map(([m, v]) => h("li", {}, `${m}: ${fmt.ms(v)}`)))) : null,
+      byModel.length ? h("section", { class: "card" }, h("h2", {}, "Measured by model"),
+        h("ul", { class: "plain" }, byModel.map((m) => h("li", {},
+          `${m}: first byte ${fmt.ms((latency.ttfb_by_model || {})[m])} · `,
+          speedByModel[m] == null ? "speed —" : `${speedByModel[m]} tokens/s`)))) : null,
       h("section", { class: "card" }, h("h2", {}, "Recent errors"),
         errors.length ? h("ul", { class: "errors" }, errors.map((e) => h("li", {},
           h("time", { datetime: e.time }, fmt.dateTime(e.time)), " ", h("span", { class: "last-error-text" }, e.error))))
