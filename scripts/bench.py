@@ -1508,7 +1508,8 @@ class Bench:
         ok = [x for x in results if x["ok"]]
         totals = [x["total"] for x in ok]
         ttfts = [x["ttft"] for x in ok if x["ttft"] is not None]
-        per_node = Counter(x["node"] or "?" for x in ok) if proxy else None
+        names = {f"127.0.0.1-{n.port}": spec.name for n, spec in zip(nodes, plan.route_nodes, strict=True)}
+        per_node = Counter(names.get(x["node"], x["node"] or "?") for x in ok) if proxy else None
         failed = [x for x in results if not x["ok"]]
         if failed:
             self.warn(f"routing {strategy}: {len(failed)} request(s) failed, e.g. {failed[0]['error']}")
@@ -1920,6 +1921,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append("")
     routing = res.get("routing")
     if routing:
+        node_names = [n["name"] for n in routing["fleet"]]
         fleet = ", ".join(f"{n['name']} {n['tokens_per_second']:g} tok/s×{n['num_parallel']} "
                           f"(max {n['max_loaded']} loaded, starts with {'+'.join(n['preload'])})"
                           for n in routing["fleet"])
@@ -1931,9 +1933,11 @@ def markdown(res: dict[str, Any]) -> str:
                   "straight to a uniformly chosen node.", ""]
         lines += _table(
             ["strategy", "mean s", "p95 s", "mean TTFT s", "cold loads", "mean ÷ random", "p95 ÷ random",
-             "failed"],
+             "failed", f"served by {' / '.join(node_names)}"],
             [[name, x["mean_s"], x["p95_s"], x["ttft_mean_s"], x["cold_loads"], x["mean_vs_random"],
-              x["p95_vs_random"], f"{x['failed']}/{x['requests']}"] for name, x in routing["runs"].items()])
+              x["p95_vs_random"], f"{x['failed']}/{x['requests']}",
+              " / ".join(str(x["served_by"].get(n, 0)) for n in node_names) if x["served_by"] else "–"]
+             for name, x in routing["runs"].items()])
         lines.append("")
     mem = res.get("memory")
     if mem:
