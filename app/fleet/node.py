@@ -8,6 +8,7 @@ live only in memory, so the hot path never touches the database.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,9 @@ STANDBY = "standby"
 
 # Weight of the newest sample in the moving averages (time to first byte, generation speed).
 EWMA_ALPHA = 0.3
+# A speed measured longer ago than this counts as unknown again, so a node that lost traffic
+# to faster ones is tried (and re-timed) now and then instead of being judged on old numbers.
+SPEED_MAX_AGE = 300.0
 RECENT_ERRORS = 20
 
 
@@ -70,6 +74,7 @@ class NodeState:
     ttfb_by_model: dict[str, float] = field(default_factory=dict)
     speed: float | None = None  # generated tokens per second, as the node reports them
     speed_by_model: dict[str, float] = field(default_factory=dict)
+    speed_timed_at: float | None = None  # time.monotonic() of the newest speed sample
     last_check: datetime | None = None
     last_error: str | None = None
     consecutive_failures: int = 0
@@ -120,8 +125,13 @@ class NodeState:
             return self.ttfb
         return self.probe_latency
 
-    def speed_estimate(self, key: str | None = None) -> float | None:
-        """Tokens per second we expect here: per model, then per node; ``None`` before any answer."""
+    def speed_estimate(self, key: str | None = None, now: float | None = None) -> float | None:
+        """Tokens per second we expect here: per model, then per node; ``None`` before any answer
+        was timed or when the newest timing is older than :data:`SPEED_MAX_AGE`."""
+        if self.speed_timed_at is None:
+            return None
+        if (time.monotonic() if now is None else now) - self.speed_timed_at > SPEED_MAX_AGE:
+            return None
         if key is not None and key in self.speed_by_model:
             return self.speed_by_model[key]
         return self.speed
@@ -134,13 +144,14 @@ class NodeState:
             self.ttfb_by_model[key] = _ewma(self.ttfb_by_model.get(key), seconds)
 
     def record_speed(self, tokens_per_second: float, key: str | None) -> None:
+        self.speed_timed_at = time.monotonic()
         self.speed = _ewma(self.speed, tokens_per_second)
         if key is not None:
             self.speed_by_model[key] = _ewma(self.speed_by_model.get(key), tokens_per_second)
 
     def forget_measurements(self) -> None:
         """A different server now answers at this node's address: what we learnt no longer holds."""
-        self.version = self.probe_latency = self.ttfb = self.speed = None
+        self.version = self.probe_latency = self.ttfb = self.speed = self.speed_timed_at = None
         self.ttfb_by_model.clear()
         self.speed_by_model.clear()
 

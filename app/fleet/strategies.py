@@ -10,6 +10,7 @@ spreads over the fleet.
 from __future__ import annotations
 
 import random as _random
+import time
 from collections.abc import Sequence
 
 from app.fleet.node import NodeState
@@ -45,9 +46,10 @@ def least_active(candidates: Sequence[NodeState], key: str, turn: int, rng: _ran
     any answer has been timed, that is plain "fewest in flight"; a node twice as fast as another
     carries about twice its requests. Scores within :data:`TIE_TOLERANCE` of the best tie (speeds
     are measurements, not constants) and ties rotate. A node not yet timed is assumed as fast as
-    the fastest, so it gets tried and measured.
+    the fastest, so it gets tried and measured (so is one whose timing has gone stale).
     """
-    speeds = {n.id: n.speed_estimate(key) for n in candidates}
+    now = time.monotonic()
+    speeds = {n.id: n.speed_estimate(key, now) for n in candidates}
     known = [s for s in speeds.values() if s is not None]
     prior = max(known) if known else 1.0
 

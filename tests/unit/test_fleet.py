@@ -6,7 +6,7 @@ import random
 import pytest
 
 from app.config import RoutingConfig
-from app.fleet.node import ACTIVE, STANDBY
+from app.fleet.node import ACTIVE, SPEED_MAX_AGE, STANDBY
 from app.fleet.pool import Fleet, NoCandidate
 
 
@@ -68,6 +68,14 @@ def test_least_active_tries_an_untimed_node_as_if_it_were_the_fastest():
     fleet = _fleet()
     _timed(fleet, {"n0": 60.0, "n1": 10.0})
     assert {_pick(fleet) for _ in range(4)} == {"n0", "n2"}
+
+
+def test_least_active_retries_a_node_whose_speed_is_stale():
+    fleet = _fleet(n=2)
+    _timed(fleet, {"n0": 60.0, "n1": 10.0})
+    assert {_pick(fleet) for _ in range(3)} == {"n0"}
+    fleet.nodes["n1"].speed_timed_at -= SPEED_MAX_AGE + 1  # unknown again: as fast as the fastest
+    assert {_pick(fleet) for _ in range(4)} == {"n0", "n1"}
 
 
 def test_least_active_uses_the_node_speed_for_a_model_not_yet_timed_there():
