@@ -92,6 +92,9 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a client may take to send a request's headers (also how long an idle keep-alive "
            "connection stays open)", _positive),
     Option("client_body_timeout", 300.0, "seconds a client may take to send a whole request body", _positive),
+    Option("client_send_timeout", 60.0,
+           "seconds a client may leave an answer unread (no write to it completes) before the connection "
+           "is closed and the node's request cancelled", _positive),
     # Secrets: environment (or config file) only — never a flag, since flags show in `ps`.
     Option("jwt_secret", None, "secret that signs login tokens (generated and stored when unset)", secret=True,
            cli=False),
@@ -130,6 +133,7 @@ class Settings:
     xheaders: bool = False
     client_header_timeout: float = 60.0
     client_body_timeout: float = 300.0
+    client_send_timeout: float = 60.0
     jwt_secret: str | None = field(default=None, repr=False)
     admin_password: str | None = field(default=None, repr=False)
     config: Path | None = None

@@ -8,6 +8,7 @@ traceback goes to ``logs/error.log`` and never to the client.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -70,7 +71,33 @@ class BaseHandler(web.RequestHandler):
         self._chunks: list[bytes] = []
         self._size = 0
         self._too_large = False
+        self.send_stalled = False
         self.cors_headers()
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def flush(self, include_footers: bool = False) -> asyncio.Future[None]:
+        """Tornado's flush, with a deadline when the client does not take the bytes at once.
+
+        Back-pressure makes a client that reads nothing hold its node slot (and the node) for as
+        long as it keeps the connection open; after ``client_send_timeout`` without a completed
+        write the connection is closed, which cancels the node's request like any disconnect.
+        """
+        flushed = super().flush(include_footers)
+        if not flushed.done():
+            deadline = asyncio.get_running_loop().call_later(self.services.settings.client_send_timeout,
+                                                             self._send_stalled)
+            flushed.add_done_callback(lambda _: deadline.cancel())
+        return flushed
+
+    def _send_stalled(self) -> None:
+        self.send_stalled = True
+        app_log().info("closing a connection whose client read nothing for %g s",
+                     self.services.settings.client_send_timeout,
+                     extra={"fields": {"request_id": self.request_id(), "path": self.request.path}})
+        # The socket, not HTTP1Connection.close(): that one drops the pending write's future and
+        # the close callback, so the writer would wait forever and the handler never hear of it.
+        self.request.connection.stream.close()  # type: ignore[union-attr]
 
     # -- body -------------------------------------------------------------------------------------
 

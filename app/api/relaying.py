@@ -93,6 +93,8 @@ class RelayHandler(BaseHandler):
             outcome.client_gone = True
             outcome.error = "client disconnected"
         finally:
+            if self.send_stalled:
+                outcome.error = f"client read nothing for {self.services.settings.client_send_timeout:g} s"
             self.log_outcome(req, outcome)
         if not self._finished and not outcome.client_gone:
             self.finish()

@@ -1,6 +1,6 @@
-"""Slow clients: a slow reader holds back the node instead of the proxy's memory; a client that
-sends its headers or body too slowly is disconnected (``client_header_timeout``,
-``client_body_timeout``)."""
+"""Slow clients: a slow reader holds back the node instead of the proxy's memory, and one that
+reads nothing for ``client_send_timeout`` is disconnected; so is a client that sends its headers or
+body too slowly (``client_header_timeout``, ``client_body_timeout``)."""
 
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ TOTAL = 48 * 1024 * 1024  # what the node would push if nobody held it back
 BOUND = 24 * 1024 * 1024  # socket buffers on both sides of the proxy stay well under this
 
 
-async def _slow_reader(port: int, body: dict) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _slow_reader(port: int, body: dict, buffer: int = 1024 * 1024) -> tuple[asyncio.StreamReader,
+                                                                                 asyncio.StreamWriter]:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # a client on a slow link
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-    reader, writer = await asyncio.open_connection(sock=sock, limit=1024 * 1024)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=buffer)
     payload = json.dumps(body).encode()
     writer.write(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
     await writer.drain()
@@ -87,6 +88,43 @@ async def test_a_client_that_reads_slowly_holds_the_node_back_not_the_proxys_mem
     assert received >= TOTAL and b'"done":true' in last
     writer.close()
     await until(lambda: proxy.in_flight() == 0)
+
+
+async def test_a_client_that_reads_nothing_for_client_send_timeout_is_cut_off_and_its_node_freed(env):
+    node = await RawNode(helpers.firehose(TOTAL)).start()
+    env.nodes.append(node)
+    proxy = await env.proxy([node], client_send_timeout=0.5)
+    reader, writer = await _slow_reader(proxy.port, GEN)
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    await until(lambda: node.bytes_sent > 1024 * 1024)
+    assert proxy.in_flight() == 1  # held back, not yet given up
+    # The client reads nothing more: within the timeout (and some slack) the proxy hangs up.
+    await until(lambda: proxy.in_flight() == 0, timeout=5, what="the stalled client's slot is freed")
+    await until(lambda: node.peer_closed.is_set(), what="the node's request is cancelled")
+    assert node.bytes_sent < TOTAL
+    record = proxy.services.usage.recent[-1]
+    assert record["error"] == "client read nothing for 0.5 s" and record["tokens_out"] is None
+    with contextlib.suppress(ConnectionError):
+        while await asyncio.wait_for(reader.read(1024 * 1024), 5):
+            pass  # what the buffers held, then the end: the connection is closed
+    writer.close()
+
+
+async def test_a_reader_that_pauses_but_keeps_up_is_never_cut_off_by_client_send_timeout(env):
+    node = await RawNode(helpers.firehose(TOTAL)).start()
+    env.nodes.append(node)
+    proxy = await env.proxy([node], client_send_timeout=1.0)
+    reader, writer = await _slow_reader(proxy.port, GEN, buffer=64 * 1024)
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    # Three seconds of a client that is always behind (the buffers on the way stay full) and takes
+    # a pause after every megabyte: a write waits at most for one pause, never for the timeout.
+    for _ in range(15):
+        await reader.readexactly(1024 * 1024)
+        await asyncio.sleep(0.2)
+    assert proxy.in_flight() == 1 and not node.peer_closed.is_set()
+    writer.transport.abort()
+    await until(lambda: proxy.in_flight() == 0)
+    assert proxy.services.usage.recent[-1]["error"] == "client disconnected"
 
 
 async def _closed_after(reader: asyncio.StreamReader, limit: float) -> float:
@@ -186,10 +224,13 @@ async def test_handlers_of_clients_that_leave_during_the_body_do_not_linger(env)
 
 
 def test_the_client_timeouts_are_settings_with_one_name_each():
-    settings = load_settings({"client_body_timeout": "12.5"}, {"AIVONX_CLIENT_HEADER_TIMEOUT": "7"})
+    settings = load_settings({"client_body_timeout": "12.5", "client_send_timeout": "30"},
+                             {"AIVONX_CLIENT_HEADER_TIMEOUT": "7"})
     assert settings.client_header_timeout == 7 and settings.client_body_timeout == 12.5
+    assert settings.client_send_timeout == 30
     defaults = load_settings({}, {})
     assert defaults.client_header_timeout == 60 and defaults.client_body_timeout == 300
+    assert defaults.client_send_timeout == 60
     with pytest.raises(ConfigError) as error:
         load_settings({}, {"AIVONX_CLIENT_BODY_TIMEOUT": "0"})
     assert "client_body_timeout" in error.value.errors
