@@ -22,6 +22,7 @@ from app.api.base import ApiError, BaseHandler, ManagementHandler
 from app.fleet import catalog
 from app.fleet.node import ACTIVE
 from app.fleet.pool import Fleet
+from app.store import StoreError
 
 MAX_CHANGES = 100
 
@@ -171,10 +172,13 @@ class ActiveRequestsHandler(_PublicWhenConfigured):
 class EventsHandler(ManagementHandler):
     """Server-sent events: a ``state`` event (the full snapshot plus what changed) at connect and
     after every change, coalesced to at most one per :attr:`COALESCE` seconds; ``: ping``
-    comments keep idle connections open through proxies."""
+    comments keep idle connections open through proxies. The caller's credential is checked
+    again every :attr:`REAUTH_INTERVAL` seconds: a stream ends once its session is logged out,
+    its token expires or its user is deleted (the console's EventSource then reconnects, or not)."""
 
     COALESCE = 0.25
     PING_INTERVAL = 15.0
+    REAUTH_INTERVAL = 5.0
     # Request counts change on every request without a fleet notification: sampled this often.
     COUNTS_POLL = 1.0
 
@@ -205,9 +209,13 @@ class EventsHandler(ManagementHandler):
             self.set_header("X-Accel-Buffering", "no")
             self.write("retry: 3000\n\n")
             await self._emit(["connected"])
-            last_emit = last_write = loop.time()
+            last_emit = last_write = last_auth = loop.time()
             counts = _counts(fleet)
             while not self._closed:
+                if loop.time() - last_auth >= self.REAUTH_INTERVAL:
+                    if not await self._still_authorised():
+                        break
+                    last_auth = loop.time()
                 wait = min(self.COUNTS_POLL, max(0.0, self.PING_INTERVAL - (loop.time() - last_write)))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
@@ -237,6 +245,15 @@ class EventsHandler(ManagementHandler):
         if not self._finished:
             with contextlib.suppress(iostream.StreamClosedError):
                 self.finish()
+
+    async def _still_authorised(self) -> bool:
+        try:
+            principal = await self.services.auth.authenticate(self)
+        except ApiError:
+            return False
+        except StoreError:
+            return True  # an outage is not a logout: keep serving what the caller may already see
+        return principal is not None and principal.user_id == self.principal.user_id
 
     def _on_change(self, kind: str, data: dict[str, Any]) -> None:
         key = (kind, str(data.get("id", "")))

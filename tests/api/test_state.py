@@ -11,7 +11,9 @@ from tornado.iostream import IOStream
 from tornado.tcpclient import TCPClient
 
 from app.api.state import EventsHandler
+from app.store import StoreUnavailable
 from tests.api.mgmt import admin, eventually, strict_json, viewer
+from tests.conftest import ADMIN_PASSWORD
 
 
 def _finite_everywhere(value) -> bool:
@@ -266,6 +268,59 @@ async def test_events_keep_idle_connections_alive_with_pings(env, monkeypatch):
     try:
         await events.state()
         assert await events.next(timeout=2) == ": ping"
+    finally:
+        events.close()
+
+
+async def test_events_end_when_the_session_is_logged_out_or_the_user_deleted(env, monkeypatch):
+    monkeypatch.setattr(EventsHandler, "REAUTH_INTERVAL", 0.1)
+    proxy = await env.proxy()
+    response = await proxy.request("POST", "/api/auth/login",
+                                   {"username": "admin", "password": ADMIN_PASSWORD, "session": True})
+    xsrf = json.loads(response.body)["xsrf_token"]
+    cookie = "; ".join(line.split(";", 1)[0] for line in response.headers.get_list("Set-Cookie"))
+    events = await EventStream.open(proxy, {"Cookie": cookie})
+    kept = await EventStream.open(proxy, await admin(proxy))  # another login of the same user
+    try:
+        await events.state()
+        await asyncio.sleep(0.3)
+        assert not events.reader.done()  # re-checked, still valid: the stream goes on
+        logout = await proxy.request("POST", "/api/auth/logout", headers={"Cookie": cookie, "X-XSRFToken": xsrf})
+        assert logout.code == 200
+        await asyncio.wait_for(events.reader, 3)  # the chunked stream ended cleanly
+        await asyncio.sleep(0.3)
+        assert not kept.reader.done()
+    finally:
+        events.close()
+        kept.close()
+
+    headers = await admin(proxy)
+    status, user = await proxy.json("POST", "/api/users", {"username": "watcher", "password": "watcher-pass-1",
+                                                           "role": "viewer"}, headers=headers)
+    assert status == 201
+    status, tokens = await proxy.json("POST", "/api/auth/login", {"username": "watcher", "password": "watcher-pass-1"})
+    events = await EventStream.open(proxy, {"Authorization": f"Bearer {tokens['access']}"})
+    try:
+        await events.state()
+        assert (await proxy.request("DELETE", f"/api/users/{user['id']}", headers=headers)).code in (200, 204)
+        await asyncio.wait_for(events.reader, 3)
+    finally:
+        events.close()
+
+
+async def test_events_survive_a_store_outage_during_the_credential_check(env, monkeypatch):
+    monkeypatch.setattr(EventsHandler, "REAUTH_INTERVAL", 0.1)
+    proxy = await env.proxy()
+    events = await EventStream.open(proxy, await admin(proxy))
+    try:
+        await events.state()
+
+        async def store_down(handler):
+            raise StoreUnavailable("the store is down")
+
+        monkeypatch.setattr(proxy.services.auth, "authenticate", store_down)
+        await asyncio.sleep(0.5)
+        assert not events.reader.done()
     finally:
         events.close()
 
