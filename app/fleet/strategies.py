@@ -42,11 +42,12 @@ def _rotate(tied: Sequence[NodeState], turn: int) -> NodeState:
 def least_active(candidates: Sequence[NodeState], key: str, turn: int, rng: _random.Random) -> NodeState:
     """Fewest requests in flight, each node's count weighed by its measured generation speed.
 
-    Score = tokens per second ÷ (1 + in flight), highest wins: on a fleet of equal nodes, or before
-    any answer has been timed, that is plain "fewest in flight"; a node twice as fast as another
-    carries about twice its requests. Scores within :data:`TIE_TOLERANCE` of the best tie (speeds
-    are measurements, not constants) and ties rotate. A node not yet timed is assumed as fast as
-    the fastest, so it gets tried and measured (so is one whose timing has gone stale).
+    Score = tokens per second ÷ (1 + in flight), highest wins: a node twice as fast as another
+    carries about twice its requests. Scores within :data:`TIE_TOLERANCE` of the best count as
+    equal (speeds are measurements, not constants); among those the fewest in flight win, and
+    ties rotate. On a fleet of equal nodes, or before any answer has been timed, that is plain
+    "fewest in flight". A node not yet timed is assumed as fast as the fastest, so it gets tried
+    and measured (so is one whose timing has gone stale).
     """
     now = time.monotonic()
     speeds = {n.id: n.speed_estimate(key, now) for n in candidates}
@@ -59,7 +60,9 @@ def least_active(candidates: Sequence[NodeState], key: str, turn: int, rng: _ran
 
     scores = {n.id: score(n) for n in candidates}
     best = max(scores.values())
-    return _rotate([n for n in candidates if scores[n.id] >= best * (1 - TIE_TOLERANCE)], turn)
+    close = [n for n in candidates if scores[n.id] >= best * (1 - TIE_TOLERANCE)]
+    fewest = min(n.in_flight for n in close)
+    return _rotate([n for n in close if n.in_flight == fewest], turn)
 
 
 def lowest_latency(candidates: Sequence[NodeState], key: str, turn: int, rng: _random.Random) -> NodeState:

@@ -48,9 +48,12 @@ def test_least_active_weighs_in_flight_by_measured_speed():
     fleet = _fleet()
     _timed(fleet, {"n0": 60.0, "n1": 30.0, "n2": 10.0})
     assert {_pick(fleet) for _ in range(4)} == {"n0"}  # all idle: the fastest
-    fleet.nodes["n0"].in_flight = 1  # 60 / 2 = 30 / 1: a tie, which rotates
-    assert {_pick(fleet) for _ in range(4)} == {"n0", "n1"}
+    fleet.nodes["n0"].in_flight = 1  # 60 / 2 = 30 / 1: equal scores, and n1 has fewer in flight
+    assert {_pick(fleet) for _ in range(4)} == {"n1"}
+    fleet.nodes["n1"].in_flight = 1  # 60 / 2 > 30 / 2
+    assert {_pick(fleet) for _ in range(4)} == {"n0"}
     fleet.nodes["n0"].in_flight = 3  # 60 / 4 < 30 / 1
+    fleet.nodes["n1"].in_flight = 0
     assert {_pick(fleet) for _ in range(4)} == {"n1"}
     fleet.nodes["n0"].in_flight = 7  # 60 / 8 and 30 / 4 < 10 / 1: now the slowest, idle node wins
     fleet.nodes["n1"].in_flight = 3
@@ -62,6 +65,14 @@ def test_least_active_treats_near_equal_speeds_as_a_tie():
     _timed(fleet, {"n0": 30.0, "n1": 31.5, "n2": 29.0})
     picks = [_pick(fleet) for _ in range(9)]
     assert sorted(picks.count(n) for n in ("n0", "n1", "n2")) == [3, 3, 3]
+
+
+def test_least_active_without_timings_is_strictly_fewest_in_flight_however_busy():
+    fleet = _fleet()
+    fleet.nodes["n0"].in_flight = 10
+    fleet.nodes["n1"].in_flight = 9  # scores 1/11 and 1/10 are within 10 %: still n1, never n0
+    fleet.nodes["n2"].in_flight = 12
+    assert {_pick(fleet) for _ in range(6)} == {"n1"}
 
 
 def test_least_active_tries_an_untimed_node_as_if_it_were_the_fastest():
