@@ -74,6 +74,23 @@ def processes():
             proc.proc.communicate()
 
 
+def start_node_and_proxy(processes, tmp_path: Path, *node_args: str) -> tuple[Running, Running, int]:
+    """A simulated node (``simulate`` with ``node_args``) and a proxy in front of it, both real
+    processes; returns once the proxy lists the node's models. (node, proxy, the proxy's port)"""
+    node_port, proxy_port = _free_port(), _free_port()
+    node = processes("simulate", "--port", str(node_port), *node_args)
+    _wait_http(f"http://127.0.0.1:{node_port}/")
+    proxy = processes("serve", "--port", str(proxy_port), "--data-dir", str(tmp_path / "d"), "--log-dir",
+                      str(tmp_path / "l"), "--node", f"http://127.0.0.1:{node_port}",
+                      env=_env(AIVONX_ADMIN_PASSWORD="a-chosen-password"))
+    _wait_http(f"http://127.0.0.1:{proxy_port}/")
+    deadline = time.monotonic() + 10
+    while not json.load(urllib.request.urlopen(f"http://127.0.0.1:{proxy_port}/api/tags"))["models"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return node, proxy, proxy_port
+
+
 def test_serve_answers_head_and_keeps_a_node_registered_with_node_across_restarts(processes, tmp_path):
     node_port, proxy_port = _free_port(), _free_port()
     node = processes("simulate", "--port", str(node_port), "--models", "llama3,mistral", "--fast")
@@ -155,18 +172,9 @@ def test_sigterm_lets_running_streams_finish_then_exits_zero(processes, tmp_path
     import http.client
     import threading
 
-    node_port, proxy_port = _free_port(), _free_port()
-    node = processes("simulate", "--port", str(node_port), "--models", "llama3", "--load-time", "0",
-                     "--tokens-per-second", "20", "--tokens", "30", "--num-parallel", "32")
-    _wait_http(f"http://127.0.0.1:{node_port}/")
-    proxy = processes("serve", "--port", str(proxy_port), "--data-dir", str(tmp_path / "d"), "--log-dir",
-                      str(tmp_path / "l"), "--node", f"http://127.0.0.1:{node_port}",
-                      env=_env(AIVONX_ADMIN_PASSWORD="a-chosen-password"))
-    _wait_http(f"http://127.0.0.1:{proxy_port}/")
-    deadline = time.monotonic() + 10
-    while not json.load(urllib.request.urlopen(f"http://127.0.0.1:{proxy_port}/api/tags"))["models"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    node, proxy, proxy_port = start_node_and_proxy(
+        processes, tmp_path, "--models", "llama3", "--load-time", "0", "--tokens-per-second", "20",
+        "--tokens", "30", "--num-parallel", "32")
 
     results: list[str] = []
     started = threading.Barrier(21)

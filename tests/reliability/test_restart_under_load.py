@@ -7,9 +7,8 @@ import json
 import re
 import signal
 import time
-import urllib.request
 
-from tests.api.test_cli import _env, _free_port, _wait_http, processes  # noqa: F401 (processes: a fixture)
+from tests.api.test_cli import processes, start_node_and_proxy  # noqa: F401 (processes: a fixture)
 
 STREAMS = 200
 
@@ -51,21 +50,12 @@ async def _load(proxy_port: int, on_all_started) -> list[list[dict]]:
 
 
 def test_sigterm_during_200_streams_lets_every_one_finish_then_exits_zero(processes, tmp_path):  # noqa: F811
-    node_port, proxy_port = _free_port(), _free_port()
     # The node shares 1000 tokens/s among its busy slots (as a GPU does): with 200 streams of 60 tokens
     # each runs about 3 s, and the signal comes within the first second. The model's 1 s cold load
     # lines every stream up, so that they all start together.
-    node = processes("simulate", "--port", str(node_port), "--models", "llama3", "--load-time", "1",
-                     "--tokens-per-second", "1000", "--tokens", "60", "--num-parallel", str(STREAMS + 10))
-    _wait_http(f"http://127.0.0.1:{node_port}/")
-    proxy = processes("serve", "--port", str(proxy_port), "--data-dir", str(tmp_path / "d"), "--log-dir",
-                      str(tmp_path / "l"), "--node", f"http://127.0.0.1:{node_port}",
-                      env=_env(AIVONX_ADMIN_PASSWORD="a-chosen-password"))
-    _wait_http(f"http://127.0.0.1:{proxy_port}/")
-    deadline = time.monotonic() + 10
-    while not json.load(urllib.request.urlopen(f"http://127.0.0.1:{proxy_port}/api/tags"))["models"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    node, proxy, proxy_port = start_node_and_proxy(
+        processes, tmp_path, "--models", "llama3", "--load-time", "1", "--tokens-per-second", "1000",
+        "--tokens", "60", "--num-parallel", str(STREAMS + 10))
 
     signalled: list[float] = []
 
